@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components of diffusion-kto-pipelines: one package per pipeline step."""

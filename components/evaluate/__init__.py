@@ -1,0 +1,1 @@
+"""The evaluate step of the Diffusion-KTO pipeline."""

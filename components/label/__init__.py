@@ -1,0 +1,1 @@
+"""The label step of the Diffusion-KTO pipeline."""

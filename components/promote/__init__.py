@@ -1,0 +1,1 @@
+"""The promote step of the Diffusion-KTO pipeline."""

@@ -1,0 +1,1 @@
+"""Shared pieces of every step: typed config, storage, telemetry, tiny models for tests."""

@@ -1,0 +1,1 @@
+"""The train step of the Diffusion-KTO pipeline."""
