@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "components.evaluate.cli",
     "components.promote.cli",
     "pipelines.commands",
+    "pipelines.demo.cli",
 )
 
 
