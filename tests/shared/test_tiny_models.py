@@ -1,0 +1,45 @@
+"""The tiny models load back with the same diffusers/transformers code a user runs on SD v1.5 / SDXL."""
+
+from __future__ import annotations
+
+import json
+
+from components.shared.tiny_models import write_tokenizer
+
+
+def test_tokenizer_merges_words_into_single_tokens(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(write_tokenizer(tmp_path / "tok", ["red", "circle", "background"]))
+    ids = tok("a red circle on a background").input_ids
+    # bos, a, red, circle, o, n, a, background, eos: listed words are one token each, others fall back to chars.
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.convert_ids_to_tokens(ids[2]) == "red</w>"
+    assert tok.convert_ids_to_tokens(ids[3]) == "circle</w>"
+    assert len(ids) == 9
+    vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text())
+    assert len(vocab) == len(tok)
+
+
+def test_tiny_sd_generates(tiny_sd):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a red circle", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.images[0].size == (32, 32)
+
+
+def test_tiny_sdxl_generates(tiny_sdxl):
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a red circle", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.images[0].size == (32, 32)
