@@ -88,7 +88,7 @@ class EvaluateConfig(StepConfig):
         description="Generation precision: 'auto' (bf16 on GPUs that support it, else fp16; fp32 on "
         "CPU), 'bf16', 'fp16' or 'fp32'.",
     )
-    gate: GatePolicy = Field(default_factory=GatePolicy, description="The metric gate's thresholds.")
+    gate: GatePolicy = Field(default_factory=lambda: GatePolicy.model_validate({}), description="The metric gate's thresholds.")
     report_top_k: int = Field(
         4, ge=0, description="Prompts with the largest gains (and losses) shown side by side in the report."
     )
