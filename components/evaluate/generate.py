@@ -1,0 +1,273 @@
+"""Deterministic image generation for evaluation (``dkto generate``).
+
+Every (prompt, image) pair gets its own seed, derived from the base seed, the prompt's index and the image's
+index; its initial latents are drawn on the CPU from a ``torch.Generator`` with that seed and passed to the
+pipeline as ``latents=``. So the candidate and the production model start from identical noise for every
+image, whatever the batch size, device or dtype, and a paired comparison compares like with like.
+
+Outputs under ``out``: ``images/p{prompt:05d}_i{image:02d}.png`` and ``index.parquet`` with one row per image
+(prompt, prompt_index, image_index, seed, image_path, model_id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.shared import storage
+from components.shared.telemetry import get_logger
+
+log = get_logger("evaluate.generate")
+
+#: Sampler names -> diffusers scheduler classes (all built from the model's own scheduler config).
+SCHEDULERS: dict[str, str] = {
+    "dpm_solver_multistep": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+INDEX_COLUMNS = ("prompt", "prompt_index", "image_index", "seed", "image_path", "model_id")
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be read; the message names the file, the line or column, and the fix."""
+
+
+def load_prompts(uri: str, max_prompts: int | None = None) -> list[str]:
+    """Unique prompts, in first-appearance order, from a text, JSONL or Parquet file (or val.parquet).
+
+    Text: one prompt per line (blank lines and lines starting with ``#`` are skipped). JSONL: a ``prompt``
+    field per line. Parquet (the label step's val.parquet included): a ``prompt`` column, one row per image,
+    so repeated prompts are collapsed. Duplicates and skipped lines are logged with their counts.
+    """
+    lower = uri.lower()
+    raw: list[str] = []
+    skipped = 0
+    if lower.endswith(".parquet"):
+        table = storage.read_parquet(uri)
+        if "prompt" not in table.column_names:
+            raise PromptFileError(f"{uri}: no 'prompt' column (columns: {table.column_names})")
+        for value in table.column("prompt").to_pylist():
+            if isinstance(value, str) and value.strip():
+                raw.append(value.strip())
+            else:
+                skipped += 1
+    elif lower.endswith((".jsonl", ".ndjson")):
+        for number, line in enumerate(storage.read_text(uri).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PromptFileError(f"{uri}:{number}: not valid JSON ({err.msg})") from None
+            prompt = record.get("prompt") if isinstance(record, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise PromptFileError(f"{uri}:{number}: needs a non-empty string field 'prompt'")
+            raw.append(prompt.strip())
+    else:
+        for line in storage.read_text(uri).splitlines():
+            text = line.strip()
+            if not text or text.startswith("#"):
+                skipped += 1
+                continue
+            raw.append(text)
+    prompts = list(dict.fromkeys(raw))
+    if len(prompts) < len(raw) or skipped:
+        log.info(
+            "%s: %d prompts read, %d repeats collapsed, %d empty/comment entries skipped",
+            uri,
+            len(raw),
+            len(raw) - len(prompts),
+            skipped,
+        )
+    if not prompts:
+        raise PromptFileError(f"{uri}: no prompts found (expected text lines, JSONL or a 'prompt' column)")
+    if max_prompts is not None and len(prompts) > max_prompts:
+        log.info("%s: using the first %d of %d unique prompts", uri, max_prompts, len(prompts))
+        prompts = prompts[:max_prompts]
+    return prompts
+
+
+def image_seed(base_seed: int, prompt_index: int, image_index: int) -> int:
+    """The seed of one (prompt, image) pair: a hash, so no two pairs of one run share noise."""
+    digest = hashlib.sha256(f"{base_seed}:{prompt_index}:{image_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype for generation: bf16 (or fp16 on GPUs without bf16) on CUDA, fp32 on CPU."""
+    import torch
+
+    if dtype == "fp32":
+        return torch.float32
+    if dtype == "bf16":
+        return torch.bfloat16
+    if dtype == "fp16":
+        return torch.float16
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Replace the pipeline's scheduler by the named sampler, built from the model's scheduler config."""
+    if name == "default":
+        return
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; valid: {sorted(SCHEDULERS)} or 'default'")
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[name])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+@dataclass
+class GeneratedImage:
+    """One generated image and where it was written."""
+
+    prompt: str
+    prompt_index: int
+    image_index: int
+    seed: int
+    image_path: str
+    model_id: str
+
+
+def generate_images(
+    model: str,
+    prompts: list[str],
+    out: str,
+    *,
+    images_per_prompt: int = 4,
+    seed: int = 0,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 7.5,
+    scheduler: str = "dpm_solver_multistep",
+    resolution: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "auto",
+    model_id: str | None = None,
+    progress: bool = True,
+    pipeline: Any = None,
+    on_image: Callable[[GeneratedImage], None] | None = None,
+) -> list[GeneratedImage]:
+    """Generate ``images_per_prompt`` images per prompt with ``model``, write PNGs and ``index.parquet``.
+
+    ``pipeline`` may be given pre-loaded (benchmarks); otherwise it is loaded with
+    ``components.shared.models.load_pipeline`` (diffusers directories and LoRA outputs, local or gs://).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if pipeline is None:
+        from components.shared.models import load_pipeline
+
+        pipeline = load_pipeline(model, device=device, dtype=torch_dtype)
+    pipe = pipeline
+    set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+
+    unet_cfg = pipe.unet.config
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    height = width = resolution or int(unet_cfg.sample_size) * scale
+    if height % scale:
+        raise ValueError(f"resolution {height} must be a multiple of the VAE's downscale factor {scale}")
+    latent_shape = (int(unet_cfg.in_channels), height // scale, width // scale)
+
+    jobs = [(p, i) for p in range(len(prompts)) for i in range(images_per_prompt)]
+    results: list[GeneratedImage] = []
+    model_id = model_id or model
+    bar = tqdm(total=len(jobs), desc=f"generate {Path(str(model)).name}", unit="img", disable=not progress)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            seeds = [image_seed(seed, p, i) for p, i in batch]
+            # Initial noise on the CPU, one generator per image: identical across models, devices, batches.
+            latents = torch.stack(
+                [
+                    torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(s))
+                    for s in seeds
+                ]
+            ).to(device=device, dtype=torch_dtype)
+            # Stochastic samplers (ancestral, SDE) also draw noise per step: seed that per image too.
+            generators = [torch.Generator("cpu").manual_seed(s ^ 0x5EED) for s in seeds]
+            output = pipe(
+                prompt=[prompts[p] for p, _ in batch],
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                latents=latents,
+                generator=generators,
+                output_type="np",
+            )
+            arrays = np.asarray(output.images)
+            for (p, i), s, array in zip(batch, seeds, arrays, strict=True):
+                image = Image.fromarray((np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8))
+                path = storage.join(out, "images", f"p{p:05d}_i{i:02d}.png")
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                storage.write_bytes(path, buf.getvalue())
+                item = GeneratedImage(prompts[p], p, i, s, path, model_id)
+                results.append(item)
+                if on_image is not None:
+                    on_image(item)
+            bar.update(len(batch))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    table = pa.table(
+        {
+            "prompt": [r.prompt for r in results],
+            "prompt_index": pa.array([r.prompt_index for r in results], pa.int64()),
+            "image_index": pa.array([r.image_index for r in results], pa.int64()),
+            "seed": pa.array([r.seed for r in results], pa.int64()),
+            "image_path": [r.image_path for r in results],
+            "model_id": [r.model_id for r in results],
+        }
+    )
+    storage.write_parquet(table, storage.join(out, "index.parquet"))
+    log.info(
+        "%s: %d images (%d prompts x %d) at %dpx in %.1fs (%.2f images/s) -> %s",
+        model_id,
+        len(results),
+        len(prompts),
+        images_per_prompt,
+        height,
+        elapsed,
+        len(results) / max(elapsed, 1e-9),
+        out,
+    )
+    return results
+
+
+def read_image(uri: str) -> Any:
+    """Open a PNG written by ``generate_images`` (local or gs://) as an RGB PIL image."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(storage.read_bytes(uri))).convert("RGB")
