@@ -228,34 +228,105 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def upload_file(local: str | Path, uri: str, *, chunk_size: int | None = None) -> None:
-    """Upload one file and verify the server's CRC32C against the local one.
+def file_manifest(local_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": bytes, "crc32c": base64}}`` of every file under a local directory.
 
-    Files above ``chunk_size`` (default: the client's 8 MiB multipart limit) go up as resumable uploads.
-    A mismatch raises, so callers never treat a corrupt upload as done.
+    Taken *before* an upload, it is what the upload must reproduce: a file that changes or disappears
+    while it is being copied fails verification instead of being published half-written.
     """
+    local_dir = Path(local_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        out[path.relative_to(local_dir).as_posix()] = {
+            "size": path.stat().st_size,
+            "crc32c": crc32c_b64(path),
+        }
+    return out
+
+
+def upload_file(
+    local: str | Path,
+    uri: str,
+    *,
+    chunk_size: int | None = None,
+    expected_crc32c: str | None = None,
+    expected_size: int | None = None,
+) -> None:
+    """Upload one file to GCS and verify the server's CRC32C (and size) against the local file.
+
+    Files above ``chunk_size`` (default: the client's 8 MiB multipart limit) go up as resumable uploads:
+    each chunk is retried, and a retried chunk resumes from the offset the server reports, so a transient
+    network error does not restart the file. ``expected_crc32c``/``expected_size`` (from
+    ``file_manifest``) pin what must arrive; the CRC is also sent to GCS, which refuses a mismatching
+    object itself. A mismatch raises ``StorageError``, so callers never treat a corrupt upload as done.
+    """
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     blob = _blob(uri)
     if chunk_size:
-        blob.chunk_size = chunk_size
-    blob.upload_from_filename(str(local), checksum="crc32c")
-    blob.reload()
-    local_crc = crc32c_b64(local)
+        # The resumable protocol needs multiples of 256 KiB.
+        blob.chunk_size = max(256 * 1024, (chunk_size // (256 * 1024)) * 256 * 1024)
+    local_crc = expected_crc32c or crc32c_b64(local)
+    try:
+        blob.upload_from_filename(
+            str(local), checksum="crc32c", retry=DEFAULT_RETRY, crc32c_checksum_value=local_crc
+        )
+        blob.reload()
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: local file {local} disappeared before it was uploaded") from None
+    except Exception as err:
+        raise StorageError(f"{uri}: upload of {local} failed: {type(err).__name__}: {err}") from err
     if blob.crc32c != local_crc:
-        raise StorageError(f"{uri}: CRC32C mismatch after upload (server {blob.crc32c}, local {local_crc})")
+        raise StorageError(
+            f"{uri}: CRC32C mismatch after upload (server {blob.crc32c}, expected {local_crc}); "
+            f"{local} changed while it was being uploaded, or the upload was corrupted"
+        )
+    if expected_size is not None and blob.size != expected_size:
+        raise StorageError(
+            f"{uri}: size mismatch after upload (server {blob.size}, expected {expected_size})"
+        )
 
 
-def upload_dir(local_dir: str | Path, uri: str, *, chunk_size: int | None = None) -> list[str]:
-    """Copy a local directory to a local path or gs:// prefix; returns the written URIs (verified)."""
+def upload_dir(
+    local_dir: str | Path,
+    uri: str,
+    *,
+    chunk_size: int | None = None,
+    manifest: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
+    """Copy a local directory to a local path or gs:// prefix; returns the written URIs, each verified.
+
+    Every file is checked against ``manifest`` (default: one taken now, before the first byte moves):
+    CRC32C and size on the server for gs://, a re-read of the copy for local destinations. Files that
+    are in the manifest but gone, or that changed during the copy, raise ``StorageError`` naming them.
+    """
     local_dir = Path(local_dir)
+    if manifest is None:
+        manifest = file_manifest(local_dir)
     written = []
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(local_dir).as_posix()
+    for rel, expected in manifest.items():
+        path = local_dir / rel
         dest = join(uri, rel)
         if is_gcs(uri):
-            upload_file(path, dest, chunk_size=chunk_size)
+            upload_file(
+                path,
+                dest,
+                chunk_size=chunk_size,
+                expected_crc32c=expected["crc32c"],
+                expected_size=expected["size"],
+            )
         else:
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest)
+            try:
+                shutil.copy2(path, dest)
+            except FileNotFoundError:
+                raise StorageError(f"{dest}: local file {path} disappeared before it was copied") from None
+            got = crc32c_b64(dest)
+            if got != expected["crc32c"] or os.path.getsize(dest) != expected["size"]:
+                raise StorageError(
+                    f"{dest}: copy does not match {path} as it was when the copy started (CRC32C {got}, "
+                    f"expected {expected['crc32c']}); the file changed during the copy"
+                )
         written.append(dest)
     return written
 

@@ -1,0 +1,396 @@
+"""Registration, compare-and-set promotion and rollback on a ``Registry``.
+
+Consistency under crashes: every alias move happens under the model's promotion lock and has exactly one
+commit write, the ``production`` alias. Before it, the new production version is tagged with the version it
+replaces (``promotion.replaces_version``); after it, ``previous-production`` and the audit tags follow.
+A crash before the commit leaves production untouched (at most an unused intent tag); a crash after it
+leaves production correct and ``previous-production`` possibly stale, which the next locked operation
+repairs from the intent tag, and which rollback never trusts over that tag. So no crash point leaves
+production pointing at an unverified model or rollback pointing at the wrong one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from components.promote.registry import (
+    CANDIDATE,
+    PREVIOUS_PRODUCTION,
+    PRODUCTION,
+    Lease,
+    MlflowRegistry,
+    ModelVersion,
+    RegistryError,
+    open_registry,
+)
+from components.promote.step import (
+    PromoteConfig,
+    PromoteResult,
+    RegisterConfig,
+    RegisterResult,
+    RollbackConfig,
+    RollbackResult,
+    load_decision,
+)
+from components.shared import storage
+from components.shared.telemetry import StepTelemetry, get_logger
+
+log = get_logger("promote")
+
+REPLACES = "promotion.replaces_version"
+METRIC_FIELDS = (
+    "candidate_mean",
+    "baseline_mean",
+    "mean_diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "win_rate",
+    "win_rate_ci_low",
+    "win_rate_ci_high",
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _open(config: Any) -> MlflowRegistry:
+    return open_registry(config.registry_uri, artifact_root=config.artifact_root)
+
+
+def _read_optional_json(uri: str) -> dict[str, Any]:
+    try:
+        data = storage.read_json(uri)
+    except (storage.StorageError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def gate_tags(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
+    """Tags recording the gate's verdict, its reasons and its numbers (one tag per metric statistic)."""
+    tags = {
+        "gate": "passed" if decision["passed"] else "rejected",
+        "gate.reasons": json.dumps(list(decision.get("reasons") or [])),
+        "gate.baseline_version": str(decision.get("baseline_version") or "none"),
+        "gate.decision_uri": decision_uri,
+    }
+    if decision.get("primary_metric"):
+        tags["gate.primary_metric"] = str(decision["primary_metric"])
+    if decision.get("n_prompts") is not None:
+        tags["gate.n_prompts"] = str(decision["n_prompts"])
+    for metric, stats in (decision.get("metrics") or {}).items():
+        if not isinstance(stats, dict):
+            continue
+        for key in METRIC_FIELDS:
+            if stats.get(key) is not None:
+                tags[f"gate.{metric}.{key}"] = f"{float(stats[key]):.6g}"
+    return tags
+
+
+def lineage_tags(config: RegisterConfig) -> dict[str, str]:
+    """Where the candidate came from; unknown fields are filled from files the trainer writes beside it."""
+    summary = _read_optional_json(storage.join(config.candidate_model or "", "training_summary.json"))
+    lora = _read_optional_json(storage.join(config.candidate_model or "", "dkto_lora.json"))
+    base_model = config.base_model or lora.get("base_model") or summary.get("pretrained_model")
+    config_hash = config.training_config_hash or summary.get("config_hash")
+    tags = {
+        "base_model": base_model,
+        "dataset_hash": config.dataset_hash or summary.get("dataset_hash"),
+        "training_config_hash": config_hash,
+        "code_version": config.code_version or summary.get("code_version"),
+        "pipeline_run_id": config.run_id(),
+        "registered_at": _now(),
+        "candidate_model": config.candidate_model,
+    }
+    out = {k: str(v) for k, v in tags.items() if v is not None}
+    out.update({k: str(v) for k, v in config.extra_tags.items()})
+    return out
+
+
+def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) -> RegisterResult:
+    """Upload and register the candidate, tagged with lineage and the gate verdict; set ``candidate``."""
+    if not config.candidate_model:
+        raise RegistryError("candidate_model is empty: give the trained model directory to register")
+    tags = lineage_tags(config)
+    reasons: list[str] = []
+    gate = "unevaluated"
+    if config.decision:
+        decision = load_decision(config.decision)
+        tags.update(gate_tags(decision, config.decision))
+        gate = tags["gate"]
+        reasons = [str(r) for r in decision.get("reasons") or []]
+    else:
+        tags["gate"] = gate
+    registry = _open(config)
+    started = time.monotonic()
+    version = registry.register_version(
+        config.model_name,
+        config.candidate_model,
+        tags,
+        chunk_size=config.upload_chunk_size_mib * 1024 * 1024,
+    )
+    registry.set_alias(config.model_name, CANDIDATE, version.version)
+    telemetry.counter("registrations_total", "Model versions registered", ("gate",)).labels(gate).inc()
+    telemetry.gauge("register_seconds", "Time to upload, verify and register the candidate").set(
+        time.monotonic() - started
+    )
+    if gate == "rejected":
+        telemetry.counter("rejections_total", "Candidates registered with a failing gate").inc()
+    log.info(
+        "registered %s version %s (gate=%s) from %s; files at %s",
+        config.model_name,
+        version.version,
+        gate,
+        config.candidate_model,
+        version.files_uri,
+    )
+    return RegisterResult(
+        model_name=config.model_name,
+        version=version.version,
+        files_uri=version.files_uri,
+        gate=gate,  # type: ignore[arg-type]
+        reasons=reasons,
+        tags=version.tags,
+    )
+
+
+def repair_previous_production(registry: MlflowRegistry, name: str) -> str | None:
+    """Make ``previous-production`` agree with production's ``promotion.replaces_version`` (crash repair).
+
+    Called under the lock; returns the previous-production version after repair.
+    """
+    aliases = registry.aliases(name)
+    prod = aliases.get(PRODUCTION)
+    if prod is None:
+        return aliases.get(PREVIOUS_PRODUCTION)
+    replaces = registry.get_version(name, prod).tags.get(REPLACES)
+    if replaces is None:
+        return aliases.get(PREVIOUS_PRODUCTION)
+    want = None if replaces == "none" else replaces
+    if aliases.get(PREVIOUS_PRODUCTION) != want:
+        log.warning(
+            "repairing %s: previous-production %s -> %s (an earlier promotion stopped after its commit)",
+            name,
+            aliases.get(PREVIOUS_PRODUCTION),
+            want,
+        )
+        if want is None:
+            registry.delete_alias(name, PREVIOUS_PRODUCTION)
+        else:
+            registry.set_alias(name, PREVIOUS_PRODUCTION, want)
+    return want
+
+
+def move_production(
+    registry: MlflowRegistry,
+    lease: Lease,
+    name: str,
+    new_version: str,
+    current: str | None,
+    run_id: str,
+    action: str,
+    extra_tags: dict[str, str] | None = None,
+) -> None:
+    """Under the lock: intent tag, the one commit write (``production``), then the derived state."""
+    when = _now()
+    registry.set_tags(
+        name,
+        new_version,
+        {
+            REPLACES: current or "none",
+            "promotion.requested_at": when,
+            "promotion.requested_by_run": run_id,
+            **(extra_tags or {}),
+        },
+    )
+    lease.check()
+    registry.set_alias(name, PRODUCTION, new_version)  # the commit point
+    if current is None:
+        registry.delete_alias(name, PREVIOUS_PRODUCTION)
+    else:
+        registry.set_alias(name, PREVIOUS_PRODUCTION, current)
+        registry.set_tags(
+            name,
+            current,
+            {
+                "replaced_at": when,
+                "replaced_by_run": run_id,
+                "replaced_by_version": new_version,
+                "replaced_by": action,
+            },
+        )
+    registry.set_tags(name, new_version, {"promotion.promoted_at": when, "promotion.promoted_by": action})
+    registry.set_model_tags(
+        name,
+        {
+            "last_production_change": json.dumps(
+                {"action": action, "from": current, "to": new_version, "run": run_id, "at": when}
+            )
+        },
+    )
+
+
+def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResult:
+    """Register (if needed) and compare-and-set ``production``; see the module docstring for crash safety."""
+    assert config.decision is not None  # checked by PromoteConfig
+    decision = load_decision(config.decision)
+    expected = decision["baseline_version"]
+    reasons = [str(r) for r in decision.get("reasons") or []]
+    registry = _open(config)
+    name = config.model_name
+    registered: RegisterResult | None = None
+    if config.version is None:
+        registered = register_candidate_impl(config, telemetry)
+        version = registered.version
+    else:
+        version = registry.get_version(name, config.version).version
+        registry.set_tags(name, version, gate_tags(decision, config.decision))
+
+    if not decision["passed"]:
+        if registered is None:
+            telemetry.counter("rejections_total", "Candidates registered with a failing gate").inc()
+        current = registry.aliases(name).get(PRODUCTION)
+        message = f"gate rejected version {version}; production stays at {current or 'nothing'}"
+        log.info("%s: %s", message, "; ".join(reasons))
+        return PromoteResult(
+            model_name=name,
+            version=version,
+            outcome="rejected",
+            production_before=current,
+            production_after=current,
+            expected_production=expected,
+            reasons=reasons,
+            message=message,
+            registered=registered,
+        )
+
+    run_id = config.run_id()
+    waited = time.monotonic()
+    with registry.lock(name, owner=run_id, timeout_s=config.lock_timeout_s, ttl_s=config.lock_ttl_s) as lease:
+        telemetry.gauge("lock_wait_seconds", "Time spent waiting for the promotion lock").set(
+            time.monotonic() - waited
+        )
+        previous = repair_previous_production(registry, name)
+        current = registry.aliases(name).get(PRODUCTION)
+        if current == version:
+            message = f"version {version} is already production; nothing changed"
+            return PromoteResult(
+                model_name=name,
+                version=version,
+                outcome="promoted",
+                production_before=current,
+                production_after=current,
+                expected_production=expected,
+                previous_production=previous,
+                reasons=reasons,
+                message=message,
+                registered=registered,
+            )
+        if current != expected:
+            telemetry.counter("conflicts_total", "Promotions refused because production moved").inc()
+            message = (
+                f"conflict: the gate compared version {version} against production "
+                f"{expected or 'nothing'}, but production is now {current or 'nothing'} (another run "
+                "promoted in between); production not moved. Re-evaluate against the new production."
+            )
+            registry.set_tags(name, version, {"promotion": "conflict", "promotion.conflict": message})
+            log.warning("%s", message)
+            return PromoteResult(
+                model_name=name,
+                version=version,
+                outcome="conflict",
+                production_before=current,
+                production_after=current,
+                expected_production=expected,
+                previous_production=previous,
+                reasons=reasons,
+                message=message,
+                registered=registered,
+            )
+        move_production(registry, lease, name, version, current, run_id, "promote", {"promotion": "promoted"})
+    telemetry.counter("promotions_total", "Versions moved to production").inc()
+    message = f"production {current or 'nothing'} -> {version}; previous-production = {current or 'none'}"
+    log.info("%s: %s", name, message)
+    return PromoteResult(
+        model_name=name,
+        version=version,
+        outcome="promoted",
+        production_before=current,
+        production_after=version,
+        expected_production=expected,
+        previous_production=current,
+        reasons=reasons,
+        message=message,
+        registered=registered,
+    )
+
+
+def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackResult:
+    """Move production back (to ``to_version`` or the version production replaced) and record it."""
+    registry = _open(config)
+    name = config.model_name
+    run_id = config.run_id()
+    with registry.lock(name, owner=run_id, timeout_s=config.lock_timeout_s, ttl_s=config.lock_ttl_s) as lease:
+        previous = repair_previous_production(registry, name)
+        current = registry.aliases(name).get(PRODUCTION)
+        target = config.to_version or previous
+        if target is None:
+            raise RegistryError(
+                f"model {name!r}: nothing to roll back to (production is {current or 'unset'} and there is "
+                "no previous-production); pass --to VERSION"
+            )
+        target = registry.get_version(name, target).version
+        if target == current:
+            raise RegistryError(f"model {name!r}: version {target} is already production")
+        tags = {
+            "rollback.reason": config.reason or "",
+            "rollback.by_run": run_id,
+            "rollback.from_version": str(current),
+        }
+        move_production(registry, lease, name, target, current, run_id, "rollback", tags)
+    telemetry.counter("rollbacks_total", "Production rolled back").inc()
+    message = (
+        f"production {current or 'nothing'} -> {target} (rollback); previous-production = {current or 'none'}"
+    )
+    log.info("%s: %s", name, message)
+    return RollbackResult(
+        model_name=name,
+        production_before=current,
+        production_after=target,
+        previous_production=current,
+        message=message,
+    )
+
+
+def resolve_production_impl(
+    registry_uri: str, model_name: str, fallback_model: str, *, artifact_root: str | None = None
+) -> tuple[str, str | None]:
+    """Production's files (a local path or gs:// URI) and version, or the fallback with ``None``."""
+    registry = open_registry(registry_uri, artifact_root=artifact_root)
+    version = registry.get_alias(model_name, PRODUCTION)
+    if version is None:
+        return fallback_model, None
+    return files_for(registry, version), version.version
+
+
+def files_for(registry: MlflowRegistry, version: ModelVersion) -> str:
+    """A URI ``components.shared.storage`` can read for a version's files (downloads proxied artifacts)."""
+    uri = version.files_uri
+    if storage.is_gcs(uri) or "://" not in uri:
+        return uri
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    import mlflow.artifacts
+
+    dest = storage.cache_root() / "registry" / f"{version.name}-{version.version}"
+    if not (dest / ".complete").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{version.run_id}/model", dst_path=str(dest), tracking_uri=registry.uri
+        )
+        (dest / ".complete").write_text(uri)
+    return str(Path(dest) / "model")

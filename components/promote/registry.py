@@ -1,0 +1,495 @@
+"""A small model-registry interface and its MLflow implementation.
+
+The interface (``Registry``) is what promotion needs and no more: register a model directory as a new
+version, read and move aliases, tag versions, list versions, and hold a cross-process lock on one model.
+It is shaped so that a Kubeflow Model Registry backend fits: its RegisteredModel / ModelVersion /
+ModelArtifact map onto ``ModelVersion`` (``source`` = the ModelArtifact URI, tags = custom properties),
+aliases become custom properties of the RegisteredModel, and the lock is the same trick as below (a
+uniquely named RegisteredModel, whose name is unique in the MLMD store).
+
+``MlflowRegistry`` talks to MLflow through ``MlflowClient`` only, either embedded (``sqlite:///…`` tracking
+and registry store on this machine, model files under a local or gs:// artifact root) or to an MLflow
+server (``http://host:port``). Model files are uploaded by ``components.shared.storage`` (verified against
+a manifest taken before the upload) into the artifact directory of an MLflow run, and the version is
+created with ``source="runs:/<run_id>/model"`` only after every file is verified.
+
+Why the lock is what it is: MLflow has no compare-and-set on aliases, and a lease written as a tag and
+read back is not mutually exclusive (two writers can each read their own write). Creating a registered
+model named ``<model>.promotion-lock`` is: the name is the primary key of the ``registered_models`` table,
+so of two concurrent creates exactly one commits and the other gets ``RESOURCE_ALREADY_EXISTS`` — on the
+embedded SQLite store and on a server's database alike. A lock left by a crashed run (older than its
+time-to-live) is broken by *renaming* it to ``<lock>.stale-<owner token>``; that rename is itself unique
+per observed owner, so two runs breaking the same stale lock cannot both succeed, and neither can rename
+a fresh lock taken in between (its target name already exists).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from components.shared import storage
+from components.shared.telemetry import get_logger
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+log = get_logger("promote.registry")
+
+PRODUCTION = "production"
+PREVIOUS_PRODUCTION = "previous-production"
+CANDIDATE = "candidate"
+LOCK_SUFFIX = ".promotion-lock"
+MODEL_SUBDIR = "model"
+MANIFEST_FILE = "dkto_manifest.json"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation failed; the message names the model, version or alias."""
+
+
+class LockTimeout(RegistryError):
+    """Another run held the model's promotion lock for longer than we were willing to wait."""
+
+
+class LeaseLost(RegistryError):
+    """Our promotion lock was broken by another run (we held it past its time-to-live)."""
+
+
+@dataclass
+class ModelVersion:
+    """One registered version: its number, where its files are, its aliases and tags."""
+
+    name: str
+    version: str
+    source: str
+    files_uri: str
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+    created_at_ms: int | None = None
+
+
+@dataclass
+class Lease:
+    """A held promotion lock: ``check()`` raises ``LeaseLost`` if another run has taken it over."""
+
+    registry: MlflowRegistry
+    lock_name: str
+    owner: str
+    acquired_at: float
+    ttl_s: float
+
+    def check(self) -> None:
+        """Re-read the lock and fail if it is no longer ours (called just before the commit write)."""
+        holder = self.registry._lock_holder(self.lock_name)
+        if holder is None or holder.get("owner") != self.owner:
+            raise LeaseLost(
+                f"promotion lock {self.lock_name!r} is no longer held by this run (owner {self.owner}); "
+                f"it was broken after {self.ttl_s:.0f}s as abandoned. Nothing was changed by this run's "
+                "commit step; re-run the promotion."
+            )
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """What promotion needs from a model registry (MLflow today; Kubeflow Model Registry fits too)."""
+
+    def register_version(
+        self, name: str, model_uri: str, tags: dict[str, str], *, chunk_size: int | None = None
+    ) -> ModelVersion:
+        """Upload ``model_uri``'s files (verified), then create a new version of ``name`` with ``tags``."""
+        ...
+
+    def get_version(self, name: str, version: str) -> ModelVersion:
+        """One version (raises ``RegistryError`` naming the versions that exist if it does not)."""
+        ...
+
+    def get_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version an alias points at, or None."""
+        ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point an alias at a version (one atomic write)."""
+        ...
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias (missing is not an error)."""
+        ...
+
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Add or overwrite tags on a version."""
+        ...
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, oldest first."""
+        ...
+
+    def lock(
+        self, name: str, *, owner: str, timeout_s: float, ttl_s: float
+    ) -> contextlib.AbstractContextManager[Lease]:
+        """Hold the model's promotion lock (mutually exclusive across processes and machines)."""
+        ...
+
+    def compare_and_set_alias(
+        self, name: str, alias: str, expected_version: str | None, new_version: str, *, owner: str = ""
+    ) -> bool:
+        """Under the lock: move ``alias`` to ``new_version`` only if it points at ``expected_version``."""
+        ...
+
+
+def _is_already_exists(err: Exception) -> bool:
+    return "RESOURCE_ALREADY_EXISTS" in str(getattr(err, "error_code", "")) or "already exists" in str(err)
+
+
+def _is_not_found(err: Exception) -> bool:
+    code = str(getattr(err, "error_code", ""))
+    return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(err).lower()
+
+
+def _is_busy(err: Exception) -> bool:
+    """SQLite 'database is locked' (another writer) is transient: retry."""
+    return "database is locked" in str(err) or "database is busy" in str(err)
+
+
+class MlflowRegistry:
+    """The ``Registry`` on MLflow: embedded (``sqlite:///…``) or an MLflow server (``http://…``)."""
+
+    def __init__(self, uri: str, *, artifact_root: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        if uri.startswith("sqlite:///"):
+            db_path = Path(uri[len("sqlite:///") :])
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            if artifact_root is None:
+                artifact_root = str(db_path.resolve().parent / "artifacts")
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    # ------------------------------------------------------------ retries on a busy SQLite store
+
+    def _retry(self, fn: Any, *args: Any, attempts: int = 60, **kwargs: Any) -> Any:
+        for i in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                if not _is_busy(err) or i == attempts - 1:
+                    raise
+                time.sleep(0.05 + 0.05 * (i % 5))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ reading
+
+    def _to_version(self, mv: Any, aliases: list[str] | None = None) -> ModelVersion:
+        tags = dict(mv.tags or {})
+        return ModelVersion(
+            name=mv.name,
+            version=str(mv.version),
+            source=mv.source,
+            files_uri=tags.get("files_uri", mv.source),
+            aliases=sorted(aliases if aliases is not None else list(getattr(mv, "aliases", []) or [])),
+            tags=tags,
+            run_id=mv.run_id,
+            created_at_ms=mv.creation_timestamp,
+        )
+
+    def get_version(self, name: str, version: str) -> ModelVersion:
+        """One version of ``name``."""
+        try:
+            mv = self._retry(self.client.get_model_version, name, str(version))
+        except Exception as err:
+            if _is_not_found(err):
+                have = [v.version for v in self.list_versions(name)]
+                raise RegistryError(
+                    f"model {name!r} has no version {version!r}; registered versions: {have or 'none'}"
+                ) from None
+            raise
+        return self._to_version(mv)
+
+    def get_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version ``alias`` points at, or None (also when the model is not registered yet)."""
+        try:
+            mv = self._retry(self.client.get_model_version_by_alias, name, alias)
+        except Exception as err:
+            if _is_not_found(err) or "alias" in str(err).lower():
+                return None
+            raise
+        return self._to_version(mv)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """``{alias: version}`` of a registered model ({} if it is not registered)."""
+        try:
+            rm = self._retry(self.client.get_registered_model, name)
+        except Exception as err:
+            if _is_not_found(err):
+                return {}
+            raise
+        return {a: str(v) for a, v in (rm.aliases or {}).items()}
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, oldest first, with their aliases."""
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.aliases(name).items():
+            by_version.setdefault(version, []).append(alias)
+        found = self._retry(self.client.search_model_versions, f"name = '{name}'")
+        out = [self._to_version(mv, by_version.get(str(mv.version), [])) for mv in found]
+        return sorted(out, key=lambda v: int(v.version))
+
+    # ------------------------------------------------------------ writing
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version`` (a single row write in MLflow's store)."""
+        self._retry(self.client.set_registered_model_alias, name, alias, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias``; missing is not an error."""
+        try:
+            self._retry(self.client.delete_registered_model_alias, name, alias)
+        except Exception as err:
+            if not _is_not_found(err):
+                raise
+
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Add or overwrite tags on one version."""
+        for key, value in tags.items():
+            self._retry(self.client.set_model_version_tag, name, str(version), key, str(value))
+
+    def set_model_tags(self, name: str, tags: dict[str, str]) -> None:
+        """Add or overwrite tags on the registered model itself (the audit trail of alias moves)."""
+        for key, value in tags.items():
+            self._retry(self.client.set_registered_model_tag, name, key, str(value))
+
+    def _ensure_model(self, name: str) -> None:
+        try:
+            self._retry(self.client.create_registered_model, name, tags={"dkto.kind": "model"})
+        except Exception as err:
+            if not _is_already_exists(err):
+                raise
+
+    def _experiment_id(self, name: str) -> str:
+        exp_name = f"dkto-registry/{name}"
+        exp = self._retry(self.client.get_experiment_by_name, exp_name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = storage.join(self.artifact_root, name) if self.artifact_root else None
+        try:
+            return str(self._retry(self.client.create_experiment, exp_name, artifact_location=location))
+        except Exception as err:
+            if not _is_already_exists(err):
+                raise
+            return str(self._retry(self.client.get_experiment_by_name, exp_name).experiment_id)
+
+    def register_version(
+        self, name: str, model_uri: str, tags: dict[str, str], *, chunk_size: int | None = None
+    ) -> ModelVersion:
+        """Upload the model directory into a new MLflow run, verify it, then create the version.
+
+        The order is the guarantee: the version row is created only after every file is verified
+        against the manifest taken before the upload, so a failed or interrupted upload leaves a FAILED
+        run with partial files (cleaned up where possible) and no version pointing at them.
+        """
+        local = storage.local_dir(model_uri)
+        if not local.is_dir():
+            raise RegistryError(f"model_uri={model_uri!r}: not a directory of model files")
+        manifest = storage.file_manifest(local)
+        if not manifest:
+            raise RegistryError(f"model_uri={model_uri!r}: the directory has no files to register")
+        self._ensure_model(name)
+        run = self._retry(
+            self.client.create_run,
+            self._experiment_id(name),
+            tags={**{f"dkto.{k}": str(v) for k, v in tags.items()}, "dkto.model_uri": model_uri},
+            run_name=f"register-{name}",
+        )
+        run_id = run.info.run_id
+        artifact_uri = run.info.artifact_uri.rstrip("/")
+        files_uri = f"{artifact_uri}/{MODEL_SUBDIR}"
+        try:
+            files_uri = self._upload(run_id, artifact_uri, local, manifest, chunk_size)
+        except Exception as err:
+            self._fail_run(run_id, files_uri, err)
+            raise RegistryError(
+                f"registering {model_uri!r} as a new version of {name!r} failed while uploading its files "
+                f"to {files_uri}: {err}. Nothing was registered (run {run_id} marked FAILED)."
+            ) from err
+        version_tags = {
+            **{k: str(v) for k, v in tags.items()},
+            "files_uri": files_uri,
+            "model_uri": model_uri,
+            "files_count": str(len(manifest)),
+            "files_bytes": str(sum(int(m["size"]) for m in manifest.values())),
+        }
+        mv = self._retry(
+            self.client.create_model_version,
+            name,
+            source=f"runs:/{run_id}/{MODEL_SUBDIR}",
+            run_id=run_id,
+            tags=version_tags,
+        )
+        self._retry(self.client.set_terminated, run_id, "FINISHED")
+        return self._to_version(mv)
+
+    def _upload(
+        self,
+        run_id: str,
+        artifact_uri: str,
+        local: Path,
+        manifest: dict[str, dict[str, Any]],
+        chunk_size: int | None,
+    ) -> str:
+        """Copy the files under the run and verify them; returns where they are."""
+        dest = f"{artifact_uri}/{MODEL_SUBDIR}"
+        if artifact_uri.startswith("file://"):
+            dest = artifact_uri[len("file://") :] + f"/{MODEL_SUBDIR}"
+        if storage.is_gcs(dest) or "://" not in dest:
+            storage.upload_dir(local, dest, chunk_size=chunk_size, manifest=manifest)
+            storage.write_json(storage.join(dest, MANIFEST_FILE), manifest)
+            return dest
+        # An MLflow server that proxies artifacts (mlflow-artifacts:/): upload through it, then check
+        # that every file arrived with its size (the server does not expose checksums).
+        self.client.log_artifacts(run_id, str(local), MODEL_SUBDIR)
+        arrived = self._artifact_sizes(run_id, MODEL_SUBDIR)
+        for rel, expected in manifest.items():
+            got = arrived.get(f"{MODEL_SUBDIR}/{rel}")
+            if got != expected["size"]:
+                raise RegistryError(f"{dest}/{rel}: uploaded {got} bytes, expected {expected['size']}")
+        return dest
+
+    def _artifact_sizes(self, run_id: str, path: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for info in self.client.list_artifacts(run_id, path):
+            if info.is_dir:
+                out.update(self._artifact_sizes(run_id, info.path))
+            else:
+                out[info.path] = int(info.file_size or 0)
+        return out
+
+    def _fail_run(self, run_id: str, files_uri: str, err: Exception) -> None:
+        with contextlib.suppress(Exception):
+            self.client.set_tag(run_id, "dkto.error", f"{type(err).__name__}: {err}"[:4000])
+            self.client.set_terminated(run_id, "FAILED")
+        # Partial files are never referenced by a version; removing them just saves space.
+        if storage.is_gcs(files_uri) or "://" not in files_uri:
+            with contextlib.suppress(Exception):
+                storage.delete(files_uri)
+
+    # ------------------------------------------------------------ the promotion lock
+
+    def _lock_holder(self, lock_name: str) -> dict[str, str] | None:
+        try:
+            rm = self._retry(self.client.get_registered_model, lock_name)
+        except Exception as err:
+            if _is_not_found(err):
+                return None
+            raise
+        return dict(rm.tags or {})
+
+    @contextlib.contextmanager
+    def lock(
+        self, name: str, *, owner: str = "", timeout_s: float = 60.0, ttl_s: float = 300.0
+    ) -> Iterator[Lease]:
+        """Hold ``<name>.promotion-lock`` (see the module docstring for why this is mutually exclusive)."""
+        lock_name = name + LOCK_SUFFIX
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout_s
+        holder: dict[str, str] | None = None
+        while True:
+            now = time.time()
+            try:
+                self.client.create_registered_model(
+                    lock_name,
+                    tags={
+                        "dkto.kind": "promotion-lock",
+                        "owner": token,
+                        "holder": owner,
+                        "acquired_at": f"{now:.3f}",
+                        "ttl_s": f"{ttl_s:.0f}",
+                    },
+                    description=f"Promotion lock of {name!r}, held by {owner or token}. Deleted on release.",
+                )
+                break
+            except Exception as err:
+                if not (_is_already_exists(err) or _is_busy(err)):
+                    raise
+            holder = self._lock_holder(lock_name)
+            if holder is not None:
+                age = now - float(holder.get("acquired_at", now))
+                if age > float(holder.get("ttl_s", ttl_s)):
+                    self._break_stale_lock(lock_name, holder, age)
+                    continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"model {name!r}: promotion lock {lock_name!r} is held by "
+                    f"{(holder or {}).get('holder') or 'another run'} since "
+                    f"{(holder or {}).get('acquired_at', '?')} (epoch s); waited {timeout_s:.0f}s. If that "
+                    f"run crashed, the lock is broken automatically once older than its TTL."
+                )
+            time.sleep(0.05 + (uuid.uuid4().int % 100) / 1000)
+        lease = Lease(self, lock_name, token, time.time(), ttl_s)
+        try:
+            yield lease
+        finally:
+            self._release(lease)
+
+    def _break_stale_lock(self, lock_name: str, holder: dict[str, str], age: float) -> None:
+        stale_name = f"{lock_name}.stale-{holder.get('owner', 'unknown')}"
+        try:
+            self._retry(self.client.rename_registered_model, lock_name, stale_name)
+            log.warning(
+                "broke abandoned promotion lock %s held by %s for %.0fs (kept as %s)",
+                lock_name,
+                holder.get("holder") or holder.get("owner"),
+                age,
+                stale_name,
+            )
+        except Exception as err:
+            # Someone else broke it first (the stale name exists) or it was released: both fine.
+            if not (_is_already_exists(err) or _is_not_found(err)):
+                raise
+
+    def _release(self, lease: Lease) -> None:
+        holder = self._lock_holder(lease.lock_name)
+        if holder is None or holder.get("owner") != lease.owner:
+            log.error("promotion lock %s was taken over before release; leaving it alone", lease.lock_name)
+            return
+        # Nobody can take a lock that exists, so between the owner check and the delete only a breaker could
+        # act, and only if we overran the TTL at this very moment (TTL is minutes, this gap milliseconds).
+        self._retry(self.client.delete_registered_model, lease.lock_name)
+
+    # ------------------------------------------------------------ compare-and-set
+
+    def compare_and_set_alias(
+        self,
+        name: str,
+        alias: str,
+        expected_version: str | None,
+        new_version: str,
+        *,
+        owner: str = "",
+        timeout_s: float = 60.0,
+        ttl_s: float = 300.0,
+    ) -> bool:
+        """Move ``alias`` to ``new_version`` only if it still points at ``expected_version`` (None = unset)."""
+        with self.lock(name, owner=owner, timeout_s=timeout_s, ttl_s=ttl_s) as lease:
+            current = self.aliases(name).get(alias)
+            if current != (None if expected_version is None else str(expected_version)):
+                return False
+            lease.check()
+            self.set_alias(name, alias, new_version)
+            return True
+
+
+def open_registry(uri: str, *, artifact_root: str | None = None) -> MlflowRegistry:
+    """The registry at ``uri``: ``sqlite:///path.db`` (embedded MLflow) or ``http(s)://host:port`` (server)."""
+    if uri.startswith(("sqlite:///", "http://", "https://")):
+        return MlflowRegistry(uri, artifact_root=artifact_root)
+    raise RegistryError(
+        f"registry uri {uri!r} is not supported: use sqlite:///path/to/mlflow.db or http(s)://host:port "
+        "(an MLflow server)"
+    )
