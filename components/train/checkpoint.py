@@ -1,0 +1,149 @@
+"""Atomic training checkpoints (local or gs://), keep-last-K pruning, resume, and SIGTERM handling.
+
+A checkpoint is ``<checkpoint_dir>/checkpoint-<step:08d>/``: accelerate's ``save_state`` (model,
+optimizer, LR scheduler, EMA, and the python / numpy / torch / CUDA RNG states of every process) plus
+``trainer_state.json`` (optimizer step, micro-step = the sampler's position, config and data hashes) and
+a ``COMPLETE`` marker written last. Locally it is written into a temp directory and renamed into place;
+on gs:// (no rename) the marker is uploaded after every other file, and a checkpoint without it is
+ignored. Resuming restores all of it, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.shared import storage
+from components.shared.telemetry import get_logger
+
+log = get_logger("train.checkpoint")
+
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"checkpoint-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    """Directory name of the checkpoint taken after ``step`` optimizer steps."""
+    return f"checkpoint-{step:08d}"
+
+
+def list_checkpoints(checkpoint_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints under ``checkpoint_dir`` as (step, uri), oldest first."""
+    found: dict[int, str] = {}
+    if storage.is_gcs(checkpoint_dir):
+        for uri in storage.list_files(checkpoint_dir):
+            parent, _, name = uri.rpartition("/")
+            match = _NAME.search(parent)
+            if name == MARKER and match:
+                found[int(match.group(1))] = parent
+    else:
+        root = Path(checkpoint_dir)
+        if root.is_dir():
+            for child in root.iterdir():
+                match = _NAME.fullmatch(child.name)
+                if match and (child / MARKER).exists():
+                    found[int(match.group(1))] = str(child)
+    return sorted(found.items())
+
+
+def resolve_resume(resume_from: str | None, checkpoint_dir: str) -> str | None:
+    """The checkpoint to resume from: None (fresh start), the newest for 'latest', or the given path."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        found = list_checkpoints(checkpoint_dir)
+        if not found:
+            log.info("resume_from=latest: no complete checkpoint in %s, starting fresh", checkpoint_dir)
+            return None
+        return found[-1][1]
+    if not storage.exists(storage.join(resume_from, MARKER)):
+        raise FileNotFoundError(
+            f"resume_from={resume_from!r} is not a complete checkpoint (no {MARKER} file); use 'latest' or a "
+            f"directory named checkpoint-NNNNNNNN under the checkpoint_dir"
+        )
+    return resume_from
+
+
+def save_checkpoint(
+    accelerator: Any, checkpoint_dir: str, step: int, state: dict[str, Any], keep_last: int
+) -> str:
+    """Write the checkpoint of ``step`` atomically (every process must call this); returns its URI."""
+    name = checkpoint_name(step)
+    remote = storage.is_gcs(checkpoint_dir)
+    staging_root = storage.cache_root() / "checkpoint-staging" if remote else Path(checkpoint_dir)
+    staging = staging_root / f".tmp-{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    final = storage.join(checkpoint_dir, name)
+    if accelerator.is_main_process:
+        (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+        (staging / MARKER).write_text(str(step))
+        if remote:
+            for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MARKER):
+                storage.upload_file(path, storage.join(final, path.relative_to(staging).as_posix()))
+            storage.upload_file(staging / MARKER, storage.join(final, MARKER))
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            if Path(final).exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        prune(checkpoint_dir, keep_last)
+        log.info("checkpoint written: %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune(checkpoint_dir: str, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints."""
+    found = list_checkpoints(checkpoint_dir)
+    for _step, uri in found[: max(0, len(found) - keep_last)]:
+        storage.delete(uri)
+
+
+def load_checkpoint(accelerator: Any, uri: str) -> dict[str, Any]:
+    """Restore accelerate's state from a checkpoint (local or gs://); returns its trainer_state.json."""
+    local = storage.local_dir(uri) if storage.is_gcs(uri) else Path(uri)
+    accelerator.load_state(str(local))
+    return json.loads((Path(local) / STATE_FILE).read_text())
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (Kubernetes' preemption notice); the loop checks it at step boundaries.
+
+    Checking at a boundary (never checkpointing from inside the handler) keeps the saved state consistent.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        log.warning("received signal %d: will checkpoint at the end of this step and stop", signum)
+        self.requested = True
+
+    def __enter__(self) -> PreemptionFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def staging_dir() -> Path:
+    """A fresh local temp directory for building outputs before they are published."""
+    return Path(tempfile.mkdtemp(dir=storage.cache_root(), prefix="stage-"))

@@ -1,0 +1,509 @@
+"""The training loop: one accelerate loop for Diffusion-KTO, SFT and Diffusion-DPO.
+
+Per micro-step (Li et al. 2024, §3; DESIGN.md "The objective"): gather cached latents (sampled from the
+stored VAE distribution) and prompt embeddings, draw one noise ε and one timestep t per image (per pair
+for DPO), noise to x_t with the DDPM forward process, take ε (or v) as the target, compute the per-sample
+MSE of the reference (no grad) and of the policy on the same x_t, t, c, and the loss from
+``components.train.losses``. Only UNet work runs in the step; figures are read back from the device only
+every ``logging_steps`` steps, so the loop does not wait on the GPU in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.shared import storage
+from components.shared.telemetry import StepTelemetry, get_logger
+from components.train import checkpoint as ckpt
+from components.train.cache import EncodedData, build_or_load_cache
+from components.train.data import Batch, StepSampler, check_data_for_objective, read_train_data, step_seed
+from components.train.losses import KTOLoss, diffusion_dpo_loss, per_sample_mse, sft_loss
+from components.train.models import TrainModels, adapters_disabled, compute_dtype, load_train_models
+from components.train.step import TrainConfig, TrainResult, validate_environment
+
+log = get_logger("train")
+
+
+class StepFigures:
+    """Running sums of the logged figures, kept on the device until a logging step reads them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new logging interval."""
+        z = torch.zeros(5, device=self.device)
+        self.sums = z  # loss, reward margin, accuracy, reference point, count
+        self.n = 0
+
+    def add(self, loss: torch.Tensor, margin: torch.Tensor, accuracy: torch.Tensor, z: torch.Tensor) -> None:
+        """Add one micro-step's figures (no host sync)."""
+        self.sums = self.sums + torch.stack(
+            [
+                loss.detach().float(),
+                margin.float(),
+                accuracy.float(),
+                z.float(),
+                torch.ones((), device=self.device),
+            ]
+        ).to(self.device)
+        self.n += 1
+
+    def read(self) -> dict[str, float]:
+        """Interval means as floats (one host sync)."""
+        values = self.sums.tolist()
+        count = max(values[4], 1.0)
+        return {
+            "loss": values[0] / count,
+            "reward_margin": values[1] / count,
+            "reward_accuracy": values[2] / count,
+            "reference_point": values[3] / count,
+        }
+
+
+class Trainer:
+    """Holds the models, cache and settings of one run and computes the loss of a micro-batch."""
+
+    def __init__(
+        self, config: TrainConfig, models: TrainModels, encoded: EncodedData, accelerator: Any, unet: Any
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.encoded = encoded
+        self.accelerator = accelerator
+        self.unet = unet
+        self.device = accelerator.device
+        self.scheduler = models.noise_scheduler
+        # Cached on the device once (add_noise would otherwise copy the table every step).
+        self.scheduler.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
+        self.num_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.prediction_type = self.scheduler.config.prediction_type
+        self.kto = KTOLoss(
+            beta=config.beta,
+            utility=config.utility,
+            desirable_weight=config.desirable_weight,
+            undesirable_weight=config.undesirable_weight,
+            reference_point_mode=config.reference_point,
+        )
+        res = config.resolution
+        # SDXL micro-conditioning (original size, crop top-left, target size): images are resized and
+        # centre-cropped to the training resolution, as in diffusers' SDXL training script.
+        self.time_ids = torch.tensor([[res, res, 0, 0, res, res]], dtype=torch.float32, device=self.device)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[Any]:
+        """The frozen reference UNet: a resident copy (full fine-tune) or the adapter switched off (LoRA)."""
+        if self.models.reference_unet is not None:
+            yield self.models.reference_unet
+        else:
+            base = self.accelerator.unwrap_model(self.unet)
+            with adapters_disabled(base):
+                yield base
+
+    def _predict(
+        self, model: Any, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, pooled: Any
+    ) -> torch.Tensor:
+        kwargs = {}
+        if self.models.sdxl:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": pooled,
+                "time_ids": self.time_ids.expand(x_t.shape[0], -1),
+            }
+        with self.accelerator.autocast():
+            return model(x_t, t, encoder_hidden_states=cond, **kwargs).sample
+
+    def loss(
+        self, batch: Batch, micro_step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss and (reward margin, accuracy, reference point) of one micro-batch; nothing leaves the device."""
+        cfg, enc, device = self.config, self.encoded, self.device
+        rank = self.accelerator.process_index
+        cache_device = enc.latent_mean.device
+        rows = batch.rows.to(cache_device)
+        if enc.hflip:
+            rows = rows + batch.flipped.to(cache_device).long() * enc.n_images
+        prompts = batch.prompt_index.to(cache_device)
+        mean = enc.latent_mean[rows].to(device, non_blocking=True)
+        std = enc.latent_std[rows].to(device, non_blocking=True)
+        cond = enc.prompt_embeds[prompts].to(device, non_blocking=True)
+        pooled = (
+            None
+            if enc.pooled_prompt_embeds is None
+            else enc.pooled_prompt_embeds[prompts].to(device, non_blocking=True)
+        )
+        desirable = batch.desirable.to(device, non_blocking=True)
+
+        g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, micro_step, 1))
+        # latent_dist.sample() of the reference code, from the cached mean and std.
+        latents = mean + std * torch.randn(mean.shape, generator=g, device=device)
+        latents = (latents - enc.shift_factor) * enc.scaling_factor
+        n = latents.shape[0]
+        draws = n // 2 if cfg.objective == "dpo" else n
+        noise = torch.randn((draws, *latents.shape[1:]), generator=g, device=device)
+        timesteps = torch.randint(0, self.num_timesteps, (draws,), generator=g, device=device)
+        if cfg.objective == "dpo":
+            # Diffusion-DPO: the preferred and the other image of a pair share noise and timestep.
+            noise, timesteps = noise.repeat(2, 1, 1, 1), timesteps.repeat(2)
+        x_t = self.scheduler.add_noise(latents, noise, timesteps)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ValueError(
+                f"prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)"
+            )
+
+        zero = torch.zeros((), device=device)
+        reference_mse = None
+        if cfg.objective != "sft":
+            with torch.no_grad(), self.reference() as ref:
+                reference_mse = per_sample_mse(self._predict(ref, x_t, timesteps, cond, pooled), target)
+        policy_mse = per_sample_mse(self._predict(self.unet, x_t, timesteps, cond, pooled), target)
+
+        if cfg.objective == "sft":
+            loss = sft_loss(policy_mse, desirable)
+            return loss, zero, zero, zero
+        assert reference_mse is not None
+        if cfg.objective == "dpo":
+            h = n // 2
+            out = diffusion_dpo_loss(
+                policy_mse_w=policy_mse[:h],
+                reference_mse_w=reference_mse[:h],
+                policy_mse_l=policy_mse[h:],
+                reference_mse_l=reference_mse[h:],
+                beta=cfg.beta,
+            )
+            return out.loss, out.reward_margins.mean(), out.implicit_accuracy.to(device), zero
+        mismatched: dict[str, torch.Tensor] = {}
+        if cfg.reference_point == "unpaired":
+            # Image i with the prompt of image i-1 (KTO's "unpaired" KL estimate), no grad.
+            rolled = cond.roll(1, 0)
+            rolled_pooled = None if pooled is None else pooled.roll(1, 0)
+            with torch.no_grad():
+                mismatched["policy_mse_mismatched"] = per_sample_mse(
+                    self._predict(
+                        self.accelerator.unwrap_model(self.unet), x_t, timesteps, rolled, rolled_pooled
+                    ),
+                    target,
+                )
+                with self.reference() as ref:
+                    mismatched["reference_mse_mismatched"] = per_sample_mse(
+                        self._predict(ref, x_t, timesteps, rolled, rolled_pooled), target
+                    )
+        kto = self.kto(policy_mse, reference_mse, desirable, **mismatched)
+        return kto.loss, kto.reward_margin, kto.reward_accuracy, kto.reference_point
+
+
+def _make_optimizer(
+    config: TrainConfig, params: list[torch.nn.Parameter], device_type: str
+) -> torch.optim.Optimizer:
+    kwargs: dict[str, Any] = {
+        "lr": config.learning_rate,
+        "betas": (config.adam_beta1, config.adam_beta2),
+        "weight_decay": config.adam_weight_decay,
+        "eps": config.adam_epsilon,
+    }
+    if config.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    # The fused CUDA kernel updates every tensor in one launch; on CPU the default (foreach) path is exact.
+    return torch.optim.AdamW(params, fused=device_type == "cuda", **kwargs)
+
+
+def _telemetry(config: TrainConfig) -> tuple[StepTelemetry, dict[str, Any]]:
+    tel = StepTelemetry("train", run_id=config.run_id)
+    gauges = {
+        "step": tel.gauge("step", "Optimizer steps completed"),
+        "loss": tel.gauge("loss", "Training loss (mean over the last logging interval)"),
+        "reward_margin": tel.gauge("reward_margin", "Liked minus disliked mean implicit reward"),
+        "reward_accuracy": tel.gauge("reward_accuracy_ratio", "Fraction of samples on the right side of z"),
+        "reference_point": tel.gauge("reference_point", "Reference point z (KL estimate)"),
+        "samples_per_second": tel.gauge("samples_per_second", "Training images per second, all processes"),
+        "memory": tel.gauge("gpu_memory_peak_bytes", "Peak accelerator memory allocated"),
+        "checkpoint_age": tel.gauge(
+            "checkpoint_age_seconds", "Seconds since the last checkpoint was written"
+        ),
+    }
+    return tel, gauges
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run one training job end to end (see ``components.train.step.run``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    device_type = validate_environment(config)
+    data = read_train_data(config.train_data)
+    check_data_for_objective(data, config.objective, config.desirable_ratio)
+    checkpoint_dir = config.resolved_checkpoint_dir()
+    resume_uri = ckpt.resolve_resume(config.resume_from, checkpoint_dir)
+
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=device_type == "cpu",
+    )
+    set_seed(config.seed)
+    if device_type == "cuda" and config.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tel, gauges = _telemetry(config)
+    if config.metrics_port and accelerator.is_main_process:
+        tel.serve(config.metrics_port)
+
+    models = load_train_models(
+        config.pretrained_model,
+        device=accelerator.device,
+        mixed_precision=config.mixed_precision,
+        use_lora=config.use_lora,
+        lora_rank=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        lora_target_modules=config.lora_target_modules,
+        gradient_checkpointing=config.gradient_checkpointing,
+        channels_last=config.channels_last,
+    )
+    cache_dir = config.cache_dir or str(storage.cache_root() / "train-cache")
+    with accelerator.main_process_first():
+        encoded = build_or_load_cache(
+            model_dir=models.model_dir,
+            data=data,
+            cache_dir=cache_dir,
+            resolution=config.resolution,
+            hflip=config.hflip,
+            device=accelerator.device,
+            dtype=compute_dtype(config.mixed_precision),
+            batch_size=config.cache_batch_size,
+            workers=config.dataloader_workers,
+        )
+    encoded = encoded.to(accelerator.device if config.cache_on_device else torch.device("cpu"))
+
+    unet = models.unet
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(config, params, device_type)
+    n_proc = accelerator.num_processes
+    # accelerate steps a prepared scheduler once per process per optimizer step (diffusers' scripts do the same).
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * n_proc,
+        num_training_steps=config.max_steps * n_proc,
+    )
+    ema = None
+    if config.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(unet.parameters(), decay=config.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if config.torch_compile:
+        accelerator.unwrap_model(unet).compile()
+        if models.reference_unet is not None:
+            models.reference_unet.compile()
+
+    global_step = micro_step = resumed_from = 0
+    if resume_uri:
+        state = ckpt.load_checkpoint(accelerator, resume_uri)
+        global_step, micro_step = int(state["step"]), int(state["micro_step"])
+        resumed_from = global_step
+        if state.get("data_hash") != data.data_hash:
+            log.warning("resuming %s with different training data than it was written with", resume_uri)
+        log.info("resumed from %s at step %d", resume_uri, global_step)
+
+    sampler = StepSampler(
+        data,
+        objective=config.objective,
+        batch_size=config.train_batch_size,
+        desirable_ratio=config.desirable_ratio,
+        caption_dropout=config.caption_dropout,
+        hflip=config.hflip,
+        seed=config.seed,
+        process_index=accelerator.process_index,
+    )
+    trainer = Trainer(config, models, encoded, accelerator, unet)
+    images_per_step = (
+        config.train_batch_size
+        * (2 if config.objective == "dpo" else 1)
+        * config.gradient_accumulation_steps
+        * n_proc
+    )
+
+    def trainer_state() -> dict[str, Any]:
+        return {
+            "step": global_step,
+            "micro_step": micro_step,
+            "config_hash": config.config_hash(),
+            "data_hash": data.data_hash,
+            "objective": config.objective,
+        }
+
+    figures = StepFigures(accelerator.device)
+    last: dict[str, float] = {}
+    last_checkpoint: str | None = None
+    last_checkpoint_time = time.monotonic()
+    bar = tqdm(
+        total=config.max_steps,
+        initial=global_step,
+        disable=not (config.progress_bar and accelerator.is_local_main_process),
+        desc="train",
+    )
+    start_step, start_time = global_step, time.perf_counter()
+    preempted = False
+    unet.train()
+    with ckpt.PreemptionFlag() as flag:
+        while global_step < config.max_steps:
+            with accelerator.accumulate(unet):
+                batch = sampler.batch(micro_step)
+                loss, margin, accuracy, z = trainer.loss(batch, micro_step)
+                micro_step += 1
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                figures.add(loss, margin, accuracy, z)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            bar.update(1)
+            stop = flag.requested
+            if global_step % config.logging_steps == 0 or global_step == config.max_steps or stop:
+                last = figures.read()
+                figures.reset()
+                elapsed = time.perf_counter() - start_time
+                rate = (global_step - start_step) * images_per_step / max(elapsed, 1e-9)
+                last["samples_per_second"] = rate
+                bar.set_postfix(
+                    loss=f"{last['loss']:.4g}", margin=f"{last['reward_margin']:.3g}", sps=f"{rate:.1f}"
+                )
+                for name in (
+                    "loss",
+                    "reward_margin",
+                    "reward_accuracy",
+                    "reference_point",
+                    "samples_per_second",
+                ):
+                    gauges[name].set(last[name])
+                gauges["step"].set(global_step)
+                gauges["checkpoint_age"].set(time.monotonic() - last_checkpoint_time)
+                if device_type == "cuda":
+                    gauges["memory"].set(torch.cuda.max_memory_allocated())
+                log.debug("step %d %s", global_step, json.dumps(last))
+                if n_proc > 1:
+                    # Every process stops together when any of them was told to (one small all-reduce).
+                    stop_t = torch.tensor([1.0 if flag.requested else 0.0], device=accelerator.device)
+                    stop = bool(accelerator.reduce(stop_t, reduction="sum").item() > 0)
+            if stop:
+                last_checkpoint = ckpt.save_checkpoint(
+                    accelerator, checkpoint_dir, global_step, trainer_state(), config.keep_last_checkpoints
+                )
+                preempted = global_step < config.max_steps
+                break
+            if config.checkpoint_every and global_step % config.checkpoint_every == 0:
+                last_checkpoint = ckpt.save_checkpoint(
+                    accelerator, checkpoint_dir, global_step, trainer_state(), config.keep_last_checkpoints
+                )
+                last_checkpoint_time = time.monotonic()
+    bar.close()
+    elapsed = time.perf_counter() - start_time
+    samples_per_second = (global_step - start_step) * images_per_step / max(elapsed, 1e-9)
+    peak = int(torch.cuda.max_memory_allocated()) if device_type == "cuda" else 0
+    gauges["memory"].set(peak)
+
+    result = TrainResult(
+        output_dir=None if preempted else config.output_dir,
+        steps=global_step,
+        preempted=preempted,
+        last_checkpoint=last_checkpoint,
+        resumed_from_step=resumed_from,
+        samples_per_second=samples_per_second,
+        final_loss=last.get("loss"),
+        reward_margin=last.get("reward_margin"),
+        reward_accuracy=last.get("reward_accuracy"),
+        reference_point=last.get("reference_point"),
+        peak_memory_bytes=peak,
+        cache_hit=encoded.hit,
+        config_hash=config.config_hash(),
+        data_hash=data.data_hash,
+    )
+    if preempted:
+        log.warning(
+            "stopped by SIGTERM at step %d; resume with resume_from=latest (%s)", global_step, last_checkpoint
+        )
+        tel.push()
+        accelerator.end_training()
+        return result
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        result.summary_path = storage.join(config.output_dir, "training_summary.json")
+        _write_output(config, models, accelerator.unwrap_model(unet), ema, result, data, cache_dir, encoded)
+    accelerator.wait_for_everyone()
+    tel.push()
+    accelerator.end_training()
+    log.info(
+        "trained %d steps at %.1f images/s; final loss %s -> %s",
+        global_step,
+        samples_per_second,
+        result.final_loss,
+        config.output_dir,
+    )
+    return result
+
+
+def _write_output(
+    config: TrainConfig,
+    models: TrainModels,
+    unet: Any,
+    ema: Any,
+    result: TrainResult,
+    data: Any,
+    cache_dir: str,
+    encoded: EncodedData,
+) -> None:
+    from components.train import export
+
+    stage = ckpt.staging_dir() / "model"
+    if config.use_lora:
+        export.stage_lora(unet, config.pretrained_model, models.sdxl, stage)
+    else:
+        if ema is not None:
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+        export.stage_full_model(unet, models.model_dir, stage)
+        if ema is not None:
+            ema.restore(unet.parameters())
+    summary = {
+        **result.model_dump(mode="json"),
+        "objective": config.objective,
+        "images_per_step": config.train_batch_size * config.gradient_accumulation_steps,
+        "n_train_images": len(data.sample_ids),
+        "n_desirable": data.n_desirable,
+        "n_undesirable": data.n_undesirable,
+        "n_prompts": len(data.prompts),
+        "base_model": config.pretrained_model,
+        "train_data": config.train_data,
+        "cache": storage.join(cache_dir, encoded.key),
+        "config": config.model_dump(mode="json"),
+    }
+    (stage / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    export.publish(stage, config.output_dir)
+    Path(stage).parent.rmdir() if Path(stage).parent.exists() and not any(
+        Path(stage).parent.iterdir()
+    ) else None
