@@ -1,0 +1,214 @@
+"""The paired comparison and the fail-closed gate decision: one test per way it must fail, and the pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.evaluate.gate import (
+    Comparison,
+    GatePolicy,
+    MetricComparison,
+    bootstrap_mean_ci,
+    compare,
+    decide,
+    median_image_score,
+    wilson_interval,
+)
+
+
+def scores_table(candidate: np.ndarray, baseline: np.ndarray, metric: str = "pickscore") -> pd.DataFrame:
+    """Rows for (prompt, image) score arrays of shape (n_prompts, images_per_prompt)."""
+    rows = []
+    for model, values in (("candidate", candidate), ("baseline", baseline)):
+        for p in range(values.shape[0]):
+            for i in range(values.shape[1]):
+                rows.append({"model": model, "prompt_index": p, "image_index": i, metric: values[p, i]})
+    return pd.DataFrame(rows)
+
+
+def metric(**overrides: float) -> MetricComparison:
+    values = dict(
+        candidate_mean=21.0,
+        baseline_mean=20.0,
+        mean_diff=1.0,
+        diff_ci_low=0.5,
+        diff_ci_high=1.5,
+        win_rate=0.8,
+        win_rate_ci_low=0.65,
+        win_rate_ci_high=0.9,
+        n_prompts=50,
+    )
+    values.update(overrides)
+    return MetricComparison(**values)
+
+
+def good_comparison(**metrics: MetricComparison) -> Comparison:
+    return Comparison(n_prompts=50, metrics={"pickscore": metric(), **metrics})
+
+
+POLICY = GatePolicy(primary_metric="pickscore", min_prompts=20)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_median_image_is_a_real_image_score() -> None:
+    assert median_image_score(np.array([3.0, 1.0, 2.0])) == 2.0
+    assert median_image_score(np.array([4.0, 1.0, 3.0, 2.0])) == 2.0  # lower median, not 2.5
+
+
+def test_wilson_interval_known_values() -> None:
+    lo, hi = wilson_interval(8, 10, 0.95)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    lo, hi = wilson_interval(5, 5, 0.95)
+    assert hi == 1.0 and lo < 0.6  # five wins out of five is not confident evidence
+
+
+def test_bootstrap_is_seeded_and_covers_the_mean() -> None:
+    values = np.random.default_rng(1).normal(0.3, 1.0, size=200)
+    a = bootstrap_mean_ci(values, seed=7)
+    assert a == bootstrap_mean_ci(values, seed=7)
+    assert a[0] < values.mean() < a[1]
+    assert a != bootstrap_mean_ci(values, seed=8)
+
+
+def test_compare_pairs_by_prompt_and_uses_median_images_for_wins() -> None:
+    base = np.array([[1.0, 2.0, 3.0]] * 4)
+    cand = base.copy()
+    cand[0] = [0.0, 2.5, 10.0]  # median 2.5 > 2.0: win, though one image is worse
+    cand[1] = [5.0, 1.0, 1.5]  # median 1.5 < 2.0: loss, though the mean is higher
+    cand[2] = [1.0, 2.0, 3.0]  # tie: counts half
+    cand[3] = [2.0, 3.0, 4.0]  # win
+    result = compare(scores_table(cand, base), ["pickscore"], POLICY)
+    m = result.metrics["pickscore"]
+    assert result.n_prompts == 4
+    assert m.win_rate == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert m.candidate_mean == pytest.approx(cand.mean())
+    assert m.mean_diff == pytest.approx((cand - base).mean())
+    assert m.diff_ci_low <= m.mean_diff <= m.diff_ci_high
+    assert result.per_prompt_diff["pickscore"][1] == pytest.approx(cand[1].mean() - 2.0)
+
+
+def test_compare_orients_wins_for_lower_is_better_metrics() -> None:
+    base = np.full((5, 2), 1.0)
+    cand = np.full((5, 2), 0.5)
+    policy = GatePolicy(primary_metric="fid", higher_is_better={"fid": False}, min_prompts=1)
+    m = compare(scores_table(cand, base, "fid"), ["fid"], policy).metrics["fid"]
+    assert m.win_rate == 1.0 and m.mean_diff == pytest.approx(-0.5) and not m.higher_is_better
+
+
+def test_compare_counts_only_prompts_scored_for_both_models() -> None:
+    df = scores_table(np.ones((3, 2)), np.ones((3, 2)))
+    df = df[~((df["model"] == "baseline") & (df["prompt_index"] == 2))]
+    assert compare(df, ["pickscore"], POLICY).n_prompts == 2
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def test_clear_win_passes_with_the_reason() -> None:
+    d = decide(POLICY, good_comparison())
+    assert d.passed is True
+    assert "win rate 80.0%" in d.reasons[0]
+    assert set(d.metrics["pickscore"]) >= {"mean_diff", "diff_ci_low", "win_rate_ci_low", "win_rate_ci_high"}
+
+
+def test_end_to_end_clear_improvement_passes_and_no_change_fails() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(20, 1, size=(40, 4))
+    better = decide(POLICY, compare(scores_table(base + 1.0, base), ["pickscore"], POLICY))
+    same = decide(POLICY, compare(scores_table(base.copy(), base), ["pickscore"], POLICY))
+    assert better.passed and not same.passed
+    assert "lower bound must exceed" in same.reasons[0]
+
+
+def test_win_rate_ci_at_threshold_fails() -> None:
+    d = decide(POLICY, Comparison(n_prompts=50, metrics={"pickscore": metric(win_rate_ci_low=0.5)}))
+    assert not d.passed and "must exceed 50.0%" in d.reasons[0]
+
+
+def test_missing_primary_metric_fails() -> None:
+    d = decide(POLICY, Comparison(n_prompts=50, metrics={"clip_score": metric()}))
+    assert not d.passed
+    assert any("'pickscore' is required" in r for r in d.reasons)
+
+
+def test_missing_metric_with_a_regression_limit_fails() -> None:
+    policy = GatePolicy(max_regression={"aesthetic": 0.1}, min_prompts=20)
+    d = decide(policy, good_comparison())
+    assert not d.passed and any("'aesthetic' is required" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize("field", ["candidate_mean", "win_rate_ci_low", "diff_ci_high"])
+def test_nan_anywhere_in_a_gated_metric_fails(field: str) -> None:
+    d = decide(POLICY, Comparison(n_prompts=50, metrics={"pickscore": metric(**{field: math.nan})}))
+    assert not d.passed and any("non-finite" in r and field in r for r in d.reasons)
+
+
+def test_nan_scores_propagate_to_a_failed_decision() -> None:
+    base = np.full((30, 3), 20.0)
+    cand = np.full((30, 3), 25.0)
+    cand[4, 1] = np.nan
+    d = decide(POLICY, compare(scores_table(cand, base), ["pickscore"], POLICY))
+    assert not d.passed and any("non-finite" in r for r in d.reasons)
+
+
+def test_too_few_prompts_fails() -> None:
+    d = decide(GatePolicy(min_prompts=100), good_comparison())
+    assert not d.passed and any("only 50 prompts" in r and "at least 100" in r for r in d.reasons)
+
+
+def test_scorer_error_fails_and_is_named() -> None:
+    d = decide(POLICY, good_comparison(), scorer_errors={"aesthetic": "CUDA out of memory"})
+    assert not d.passed and any("'aesthetic' failed: CUDA out of memory" in r for r in d.reasons)
+
+
+def test_unloadable_baseline_fails_and_says_why() -> None:
+    d = decide(POLICY, None, baseline_error="gs://models/prod: no files under this prefix")
+    assert not d.passed
+    assert any("baseline (production) model could not be evaluated" in r for r in d.reasons)
+    assert any("no comparison" in r for r in d.reasons)
+
+
+def test_candidate_error_fails() -> None:
+    assert not decide(POLICY, good_comparison(), candidate_error="boom").passed
+
+
+def test_regression_beyond_the_limit_fails() -> None:
+    policy = GatePolicy(max_regression={"aesthetic": 0.1}, min_prompts=20)
+    worse = metric(candidate_mean=5.0, baseline_mean=5.3, mean_diff=-0.3)
+    d = decide(policy, good_comparison(aesthetic=worse))
+    assert not d.passed and any("aesthetic regressed by 0.3" in r for r in d.reasons)
+    ok = metric(candidate_mean=5.25, baseline_mean=5.3, mean_diff=-0.05)
+    assert decide(policy, good_comparison(aesthetic=ok)).passed
+
+
+def test_regression_is_oriented_for_lower_is_better_metrics() -> None:
+    policy = GatePolicy(max_regression={"latency": 0.1}, min_prompts=20)
+    higher_latency = metric(mean_diff=0.5, higher_is_better=False)
+    assert not decide(policy, good_comparison(latency=higher_latency)).passed
+
+
+def test_floor_fails_below_and_passes_above() -> None:
+    policy = GatePolicy(floors={"pickscore": 21.5}, min_prompts=20)
+    d = decide(policy, good_comparison())
+    assert not d.passed and any("below the floor 21.5" in r for r in d.reasons)
+    assert decide(GatePolicy(floors={"pickscore": 20.5}, min_prompts=20), good_comparison()).passed
+
+
+def test_garbage_input_fails_closed_without_raising() -> None:
+    d = decide(POLICY, "not a comparison")  # type: ignore[arg-type]
+    assert not d.passed and "failing closed" in d.reasons[0]
+
+
+def test_every_failure_is_listed_not_only_the_first() -> None:
+    d = decide(
+        GatePolicy(min_prompts=100, floors={"pickscore": 99.0}),
+        good_comparison(),
+        scorer_errors={"hps": "missing extra"},
+    )
+    assert not d.passed and len(d.reasons) == 3
