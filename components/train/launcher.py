@@ -115,7 +115,9 @@ def accelerate_command(
 
 def node_command(strategy: str, config_uri: str, result_uri: str) -> list[str]:
     """The command each TrainJob node runs: accelerate with the rendezvous the torch plugin injects."""
-    config_file = f"$(python -c 'import components.train.launcher as l; print(l.accelerate_config_file({strategy!r}))')"
+    config_file = (
+        f"$(python -c 'import components.train.launcher as l; print(l.accelerate_config_file({strategy!r}))')"
+    )
     script = (
         "set -euo pipefail; "
         "exec accelerate launch "
@@ -272,10 +274,17 @@ def trainjob_request(config_uri: str, result_uri: str, plan: LaunchPlan, *, job_
         runtime=plan.runtime,
         image=plan.image or TRAINER_IMAGE,
         num_nodes=plan.num_nodes,
-        resources_per_node={"cpu": plan.cpu_per_node, "memory": plan.memory_per_node, "gpu": plan.gpus_per_node},
+        resources_per_node={
+            "cpu": plan.cpu_per_node,
+            "memory": plan.memory_per_node,
+            "gpu": plan.gpus_per_node,
+        },
         command=node_command(plan.strategy, config_uri, result_uri),
         env=env,
-        labels={"app.kubernetes.io/part-of": "diffusion-kto-pipelines", "dkto/run-id": _label(env["DKTO_RUN_ID"])},
+        labels={
+            "app.kubernetes.io/part-of": "diffusion-kto-pipelines",
+            "dkto/run-id": _label(env["DKTO_RUN_ID"]),
+        },
         active_deadline_seconds=plan.timeout_s,
     )
 

@@ -1,0 +1,216 @@
+"""The pipeline's ``dkto`` commands: compile, run locally, submit to Kubeflow Pipelines, schedule.
+
+- ``dkto compile --out pipeline.yaml``: the pipeline as KFP IR YAML (upload it in the KFP UI).
+- ``dkto run --local --config FILE``: the whole DAG on this machine with ``kfp.local``'s
+  SubprocessRunner (no Kubernetes, no Docker), outputs under a local root, the registry on SQLite.
+- ``dkto submit --host URL --config FILE [--experiment NAME]``: one run on a KFP cluster.
+- ``dkto schedule --cron "0 0 3 * * *" --host URL --config FILE``: a recurring run, never two at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from components.shared.config import ConfigError
+from pipelines.params import ClusterSettings, PipelineParams, load_params, validate_cron
+
+LOCAL_RUNS_DIR = "kfp-local"
+
+
+def compile_pipeline(out: str | Path, settings: ClusterSettings | None = None) -> Path:
+    """Compile the pipeline (with ``settings`` in its pods) to KFP IR YAML at ``out``."""
+    from kfp import compiler
+
+    from pipelines.pipeline import build_pipeline
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(settings), str(out))
+    return out
+
+
+def _local_path(value: str) -> str:
+    """An absolute local path (kfp.local runs each task as a subprocess; relative paths must not drift)."""
+    return str(Path(value).expanduser().resolve())
+
+
+def localize(params: PipelineParams) -> PipelineParams:
+    """The params with local roots and the SQLite registry made absolute, for a local run."""
+    from components.shared import storage
+
+    updates: dict[str, Any] = {}
+    for name in ("outputs_root", "checkpoint_root", "registry_artifact_root"):
+        value = getattr(params, name)
+        if value and not storage.is_gcs(value):
+            updates[name] = _local_path(value)
+    if params.registry_uri.startswith("sqlite:///"):
+        db = Path(params.registry_uri[len("sqlite:///") :])
+        db = db if db.is_absolute() else Path(_local_path(str(db)))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        updates["registry_uri"] = f"sqlite:///{db}"
+    return params.model_copy(update=updates)
+
+
+def run_local(params: PipelineParams, *, pipeline_root: str | None = None) -> dict[str, Any]:
+    """Run the whole pipeline on this machine; return the run's summary (the exit handler's record).
+
+    Raises ``RuntimeError`` when a task failed; the exit handler has written the summary by then.
+    """
+    from kfp import local
+
+    from components.shared import storage
+    from pipelines.pipeline import diffusion_kto_retrain
+
+    params = localize(params)
+    if storage.is_gcs(params.outputs_root):
+        raise ConfigError("dkto run --local: outputs_root must be a local directory, not gs://")
+    root = pipeline_root or str(Path(params.outputs_root) / LOCAL_RUNS_DIR)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc).timestamp()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
+    error: Exception | None = None
+    try:
+        diffusion_kto_retrain(**params.pipeline_arguments())
+    except RuntimeError as err:
+        error = err
+    summary = latest_summary(params.outputs_root, since=started)
+    if error is not None:
+        raise RuntimeError(f"{error} (run summary: {summary.get('summary_uri', 'none written')})") from error
+    return summary
+
+
+def latest_summary(outputs_root: str, *, since: float = 0.0) -> dict[str, Any]:
+    """The newest ``runs/*/summary.json`` under a local outputs root written after ``since`` (Unix time)."""
+    candidates = [p for p in Path(outputs_root).glob("runs/*/summary.json") if p.stat().st_mtime >= since]
+    if not candidates:
+        return {}
+    newest = max(candidates, key=lambda p: p.stat().st_mtime)
+    summary = json.loads(newest.read_text())
+    summary["summary_uri"] = str(newest)
+    return summary
+
+
+def _client(host: str, namespace: str | None) -> Any:
+    """A ``kfp.Client`` for ``host`` (credentials come from the environment: kubeconfig, a token, IAP)."""
+    import kfp
+
+    return kfp.Client(host=host, namespace=namespace) if namespace else kfp.Client(host=host)
+
+
+def _compiled_package(settings_file: str | None) -> str:
+    """Compile the pipeline with the cluster settings (``--cluster FILE`` or the defaults) to a temp file."""
+    import tempfile
+
+    settings = ClusterSettings.from_yaml(settings_file)
+    out = Path(tempfile.mkdtemp(prefix="dkto-")) / "pipeline.yaml"
+    return str(compile_pipeline(out, settings))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compile``, ``run``, ``submit`` and ``schedule`` to the ``dkto`` app."""
+
+    @app.command("compile")
+    def compile_command(
+        out: Path = typer.Option(Path("pipeline.yaml"), "--out", help="Where to write the pipeline YAML."),
+        cluster: str | None = typer.Option(
+            None, "--cluster", help="ClusterSettings YAML (GPU type, node pool, sizes); default: built-in."
+        ),
+    ) -> None:
+        """Compile the diffusion-kto-retrain pipeline to KFP YAML (upload it in the KFP UI)."""
+        path = compile_pipeline(out, ClusterSettings.from_yaml(cluster))
+        typer.echo(f"compiled diffusion-kto-retrain -> {path}")
+
+    @app.command("run")
+    def run_command(
+        config: str | None = typer.Option(None, "--config", help="PipelineParams YAML (local or gs://)."),
+        overrides: list[str] = typer.Option(
+            [], "--set", help="Override a parameter: key=value (repeatable)."
+        ),
+        local: bool = typer.Option(
+            False, "--local", help="Run on this machine with kfp.local (the only mode of `run`)."
+        ),
+    ) -> None:
+        """Run the whole pipeline on this machine (kfp.local, SQLite registry, local outputs)."""
+        if not local:
+            raise typer.BadParameter(
+                "`dkto run` runs locally only: add --local (use `dkto submit` for a cluster)"
+            )
+        params = load_params(config, overrides)
+        try:
+            summary = run_local(params)
+        except RuntimeError as err:
+            typer.echo(f"run FAILED: {err}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(
+            f"run {summary.get('run_id')} {summary.get('state')}: gate passed={summary.get('gate_passed')}, "
+            f"registered version={summary.get('registered_version')}, promoted={summary.get('promoted')}"
+        )
+        typer.echo(f"summary: {summary.get('summary_uri')}")
+
+    @app.command("submit")
+    def submit_command(
+        host: str = typer.Option(
+            ..., "--host", help="KFP API endpoint, e.g. https://kfp.example.com/pipeline."
+        ),
+        config: str | None = typer.Option(None, "--config", help="PipelineParams YAML (local or gs://)."),
+        overrides: list[str] = typer.Option(
+            [], "--set", help="Override a parameter: key=value (repeatable)."
+        ),
+        experiment: str = typer.Option("diffusion-kto", "--experiment", help="KFP experiment name."),
+        run_name: str | None = typer.Option(None, "--run-name", help="Run name (default: timestamped)."),
+        namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace."),
+        cluster: str | None = typer.Option(None, "--cluster", help="ClusterSettings YAML."),
+        service_account: str | None = typer.Option(
+            None, "--service-account", help="Kubernetes service account of the pods (workload identity)."
+        ),
+    ) -> None:
+        """Submit one run of the pipeline to a Kubeflow Pipelines cluster."""
+        params = load_params(config, overrides)
+        client = _client(host, namespace)
+        result = client.create_run_from_pipeline_package(
+            _compiled_package(cluster),
+            arguments=params.pipeline_arguments(),
+            run_name=run_name or f"diffusion-kto-retrain-{dt.datetime.now():%Y%m%d-%H%M%S}",
+            experiment_name=experiment,
+            namespace=namespace,
+            service_account=service_account,
+        )
+        typer.echo(f"submitted run {result.run_id} to {host} (experiment {experiment})")
+
+    @app.command("schedule")
+    def schedule_command(
+        cron: str = typer.Option(
+            ..., "--cron", help='KFP cron with seconds first, e.g. "0 0 3 * * *" (daily at 03:00).'
+        ),
+        host: str = typer.Option(..., "--host", help="KFP API endpoint."),
+        config: str | None = typer.Option(None, "--config", help="PipelineParams YAML (local or gs://)."),
+        overrides: list[str] = typer.Option(
+            [], "--set", help="Override a parameter: key=value (repeatable)."
+        ),
+        experiment: str = typer.Option("diffusion-kto", "--experiment", help="KFP experiment name."),
+        job_name: str = typer.Option("diffusion-kto-retrain-nightly", "--name", help="Recurring run name."),
+        namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace."),
+        cluster: str | None = typer.Option(None, "--cluster", help="ClusterSettings YAML."),
+        service_account: str | None = typer.Option(None, "--service-account", help="Pods' service account."),
+    ) -> None:
+        """Create a recurring run: at most one at a time (max_concurrency=1), no catch-up of missed runs."""
+        validate_cron(cron)
+        params = load_params(config, overrides)
+        client = _client(host, namespace)
+        experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
+        job = client.create_recurring_run(
+            experiment_id=experiment_id,
+            job_name=job_name,
+            cron_expression=cron,
+            max_concurrency=1,
+            no_catchup=True,
+            pipeline_package_path=_compiled_package(cluster),
+            params=params.pipeline_arguments(),
+            service_account=service_account,
+        )
+        typer.echo(f"scheduled {job_name} ({cron}) on {host}: recurring run {job.recurring_run_id}")

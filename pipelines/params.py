@@ -1,0 +1,242 @@
+"""One parameter set for a pipeline run, loadable from a single YAML file.
+
+``PipelineParams`` holds every run-time argument of the ``diffusion-kto-retrain`` pipeline (the values a
+data team edits in the KFP UI) with the same names and defaults as the pipeline function, so
+``dkto run --local --config FILE``, ``dkto submit --config FILE`` and ``dkto schedule --config FILE`` take
+one YAML file instead of twenty flags. ``ClusterSettings`` holds the compile-time Kubernetes settings
+(GPU type, node selector, toleration, CPU/memory, timeout, retries, secrets): they shape the compiled
+YAML and are not run-time parameters, because KFP cannot template most pod fields.
+
+Defaults follow Li et al., "Aligning Diffusion Models by Optimizing Human Utility" (NeurIPS 2024) where
+the paper states one (β = 5000, learning rate 1e-7, desirable ratio 0.8, per-GPU batch 2).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from components.shared.config import ConfigError, StepConfig
+
+Objective = Literal["kto", "sft", "dpo"]
+LabelingPolicy = Literal["votes", "pairwise", "score_threshold", "user_filter"]
+Strategy = Literal["ddp", "fsdp", "deepspeed_zero2"]
+
+
+class PipelineParams(StepConfig):
+    """The arguments of one ``diffusion-kto-retrain`` run (every field is a pipeline parameter)."""
+
+    # -- data
+    feedback_sources: list[str] = Field(
+        description="Where the users' feedback events are: local files, directories, globs or gs:// "
+        "prefixes of JSONL / Parquet / CSV exports (see contracts: feedback input records)."
+    )
+    source_format: str = Field(
+        "auto",
+        description="Format of the feedback sources: `auto` (by extension), `jsonl`, `parquet`, `csv`, "
+        "`pickapic_v2` or `diffusion_kto_csv`.",
+    )
+    labeling_policy: LabelingPolicy = Field(
+        "votes",
+        description="How feedback becomes desirable/undesirable labels: `votes` for like/dislike buttons, "
+        "`pairwise` for A/B choices (the paper's win+intermediate rule), `score_threshold` for a numeric "
+        "score, `user_filter` for one user's model.",
+    )
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of prompts held out for validation and evaluation."
+    )
+    # -- model and registry
+    base_model: str = Field(
+        description="The model to fine-tune and to compare against when nothing is in production yet: a "
+        "diffusers pipeline directory (local or gs://)."
+    )
+    registry_uri: str = Field(
+        "sqlite:///outputs/registry.db",
+        description="Model registry: `sqlite:///path.db` (embedded MLflow) or `http://host:port` (server).",
+    )
+    registry_artifact_root: str = Field(
+        "",
+        description="Where the registry keeps registered model files (local dir or gs://); empty: the "
+        "registry's default (`artifacts` beside a SQLite registry, the server's root otherwise).",
+    )
+    model_name: str = Field("diffusion-kto", description="Registered model name in the registry.")
+    # -- training
+    objective: Objective = Field(
+        "kto", description="`kto` (Diffusion-KTO), `sft` (desirable images only) or `dpo` (Diffusion-DPO)."
+    )
+    beta: float = Field(
+        5000.0,
+        gt=0,
+        description="KL-regularisation strength β; 5000 is the best value of the paper's ablation for SD v1.5.",
+    )
+    desirable_ratio: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Probability that a training sample is a desirable image (γ = 0.8 in the paper).",
+    )
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train (the paper trains 10k).")
+    learning_rate: float = Field(
+        1e-7, gt=0, description="Peak learning rate (1e-7 in the paper for full fine-tuning)."
+    )
+    train_batch_size: int = Field(2, ge=1, description="Images per GPU per step (2 in the paper).")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches accumulated per step.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "bf16", description="Mixed precision of training (`no` on a CPU)."
+    )
+    resolution: int = Field(512, ge=8, description="Training image side in pixels (512 for SD v1.5).")
+    use_lora: bool = Field(
+        True, description="Train a LoRA adapter (cheap, small artifact) instead of the full UNet."
+    )
+    gpus_per_node: int = Field(
+        1,
+        ge=0,
+        description="GPUs of the training pod; 0 trains on CPU, 1 in-process, more launches accelerate.",
+    )
+    num_nodes: int = Field(
+        1, ge=1, description="Training nodes; more than 1 submits a Kubeflow Trainer job (torch-distributed)."
+    )
+    distributed_strategy: Strategy = Field(
+        "ddp", description="Multi-GPU strategy: `ddp`, `fsdp` or `deepspeed_zero2` (accelerate configs)."
+    )
+    seed: int = Field(0, description="Seed of training and of evaluation sampling.")
+    train_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More TrainConfig fields by name, for knobs without a parameter of their own "
+        "(for example {lora_rank: 16, lr_warmup_steps: 0}); see components/train/step.py.",
+    )
+    # -- evaluation and gate
+    eval_prompts: str = Field(
+        "",
+        description="Evaluation prompt set (text/JSONL/Parquet file); empty uses the held-out val.parquet.",
+    )
+    images_per_prompt: int = Field(4, ge=1, description="Images generated per prompt and model.")
+    eval_inference_steps: int = Field(
+        30, ge=1, description="Denoising steps of evaluation sampling (both models use the same)."
+    )
+    scorers: list[str] = Field(
+        default_factory=lambda: ["pickscore"],
+        description="Scorer names (`pickscore`, `clip_score`, `aesthetic`, `hps`, `imagereward`, "
+        "`colour_match`).",
+    )
+    scorer_models: dict[str, str] = Field(
+        default_factory=dict, description="Per scorer, the model path or id to load (default: its own)."
+    )
+    gate_primary_metric: str = Field(
+        "pickscore", description="Metric whose paired win rate decides the gate."
+    )
+    gate_min_win_rate_ci_low: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Lower 95% CI bound of the primary win rate must be above this to promote.",
+    )
+    gate_min_prompts: int = Field(20, ge=1, description="Fewest evaluation prompts the gate accepts.")
+    gate_max_regression: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per metric, the largest allowed drop of the mean against production.",
+    )
+    gate_floors: dict[str, float] = Field(
+        default_factory=dict, description="Per metric, an absolute floor the candidate's mean must reach."
+    )
+    eval_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More EvaluateConfig fields by name (for example {guidance_scale: 5.0, device: cpu}); "
+        "see components/evaluate/step.py.",
+    )
+    # -- where things go
+    outputs_root: str = Field(
+        "outputs",
+        description="Root (local or gs://) of run records: run summaries, the model registry's files.",
+    )
+    checkpoint_root: str = Field(
+        "outputs/checkpoints",
+        description="Root (local or gs://) of training checkpoints; each run resumes from "
+        "<root>/<run id> when its training task is retried.",
+    )
+    pushgateway: str = Field(
+        "", description="Prometheus Pushgateway address (host:port); empty pushes no metrics."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineParams:
+        if not self.feedback_sources:
+            raise ConfigError("PipelineParams.feedback_sources: give at least one path, glob or gs:// prefix")
+        if self.gate_primary_metric not in self.scorers:
+            raise ConfigError(
+                f"PipelineParams.gate_primary_metric: {self.gate_primary_metric!r} is not among the "
+                f"scorers {self.scorers}; add it to scorers or pick one of them"
+            )
+        if self.num_nodes > 1 and self.gpus_per_node < 1:
+            raise ConfigError(
+                "PipelineParams.num_nodes > 1 needs gpus_per_node >= 1 (multi-node is GPU-only)"
+            )
+        if not (self.registry_uri.startswith("sqlite:///") or re.match(r"^https?://", self.registry_uri)):
+            raise ConfigError(
+                f"PipelineParams.registry_uri: {self.registry_uri!r} must be sqlite:///path.db or http(s)://host"
+            )
+        return self
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the pipeline function (every field, JSON-ready)."""
+        return self.model_dump(mode="json")
+
+
+class ClusterSettings(StepConfig):
+    """Compile-time Kubernetes settings of the pipeline's pods (not run-time parameters)."""
+
+    gpu_type: str = Field(
+        "nvidia.com/gpu", description="Kubernetes resource name of the GPUs the training pod requests."
+    )
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        description="Node labels the training pod must run on (the GPU node pool).",
+    )
+    gpu_toleration_key: str = Field(
+        "nvidia.com/gpu", description="Taint key of the GPU nodes, tolerated by the training pod."
+    )
+    train_cpu: str = Field("16", description="CPU request/limit of the training pod.")
+    train_memory: str = Field("128G", description="Memory request/limit of the training pod.")
+    shm_size: str = Field(
+        "32Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than 64M)."
+    )
+    train_timeout_s: int = Field(48 * 3600, ge=60, description="Training task timeout in seconds.")
+    train_retries: int = Field(
+        2, ge=0, description="Retries of the training task (each resumes from the run's checkpoints)."
+    )
+    eval_gpu: bool = Field(True, description="Run evaluation sampling on one GPU.")
+    step_cpu: str = Field("2", description="CPU request of the CPU steps.")
+    step_memory: str = Field("8G", description="Memory request of the CPU steps.")
+    registry_secret: str = Field(
+        "dkto-mlflow",
+        description="Kubernetes secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (optional).",
+    )
+
+
+def load_params(config: str | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineParams:
+    """PipelineParams from a YAML file (local or gs://) plus ``key=value`` overrides."""
+    if config is None and not overrides:
+        raise ConfigError("give --config FILE (a PipelineParams YAML) or --set feedback_sources=...")
+    return PipelineParams.from_yaml(config, overrides)
+
+
+CRON_FIELDS = 6
+
+
+def validate_cron(expression: str) -> str:
+    """Check a KFP cron expression: 6 fields (seconds minutes hours day-of-month month day-of-week)."""
+    fields = expression.split()
+    if len(fields) != CRON_FIELDS:
+        raise ConfigError(
+            f"cron {expression!r} has {len(fields)} fields; KFP needs 6 with seconds first, "
+            'for example "0 0 3 * * *" (every day at 03:00)'
+        )
+    allowed = re.compile(r"^[\d*/,\-?A-Za-z#L]+$")
+    for name, value in zip(
+        ("seconds", "minutes", "hours", "day-of-month", "month", "day-of-week"), fields, strict=True
+    ):
+        if not allowed.match(value):
+            raise ConfigError(f"cron {expression!r}: the {name} field {value!r} is not a cron value")
+    return expression
