@@ -98,15 +98,20 @@ class LabelConfig(StepConfig):
         description="`votes` for like/dislike buttons; `pairwise` for A/B choices (Pick-a-Pic); "
         "`score_threshold` for a numeric reward; `user_filter` for a personalised model.",
     )
-    votes: VotesPolicy = Field(default_factory=VotesPolicy, description="Settings of the votes policy.")
+    votes: VotesPolicy = Field(
+        default_factory=lambda: VotesPolicy.model_validate({}), description="Settings of the votes policy."
+    )
     pairwise: PairwisePolicy = Field(
-        default_factory=PairwisePolicy, description="Settings of the pairwise policy."
+        default_factory=lambda: PairwisePolicy.model_validate({}),
+        description="Settings of the pairwise policy.",
     )
     score_threshold: ScoreThresholdPolicy = Field(
-        default_factory=ScoreThresholdPolicy, description="Settings of the score_threshold policy."
+        default_factory=lambda: ScoreThresholdPolicy.model_validate({}),
+        description="Settings of the score_threshold policy.",
     )
     user_filter: UserFilterPolicy = Field(
-        default_factory=UserFilterPolicy, description="Settings of the user_filter policy."
+        default_factory=lambda: UserFilterPolicy.model_validate({}),
+        description="Settings of the user_filter policy.",
     )
     val_fraction: float = Field(
         0.1,

@@ -1,0 +1,407 @@
+"""Orchestration of one ingest run: read -> check -> de-duplicate -> check images -> write, with counts.
+
+Counting rule (checked at the end of every run): every non-blank record read this run is exactly one of
+accepted (a new event), duplicate (same id and same content as an event already accepted, in this run or
+in the previous output) or quarantined (with a reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.ingest import importers, readers
+from components.ingest.images import check_images
+from components.ingest.readers import QuarantinedRecord, RawBatch
+from components.ingest.schema import EVENTS_SCHEMA, QUARANTINE_SCHEMA, utc_now
+from components.ingest.step import IngestConfig, IngestResult
+from components.ingest.validate import base_dir_of, check_batch, normalise_roots
+from components.shared import storage
+from components.shared.telemetry import StepTelemetry
+
+# Columns whose equality makes two records with one id "the same event" (a re-send, not a conflict).
+# created_at and metadata are left out: a re-send may be stamped anew or carry other bookkeeping.
+CONTENT_COLUMNS = ("prompt", "image_uri", "feedback", "score", "other_image_uri", "user_id", "model_version")
+
+
+class IngestError(RuntimeError):
+    """The run cannot produce a trustworthy events table; the message says why and what to look at."""
+
+
+def _content_key(table: pa.Table) -> pa.Array:
+    parts = []
+    for name in CONTENT_COLUMNS:
+        col = table.column(name)
+        parts.append(pc.cast(col, pa.string()) if col.type != pa.string() else col)
+    return pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
+
+
+def _source_column(source: str, n: int) -> pa.Array:
+    return pc.cast(
+        pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([source])), pa.string()
+    )
+
+
+def _row_raw(row: dict[str, Any]) -> str:
+    if row.get("_raw"):
+        return str(row["_raw"]).rstrip("\r\n")
+    rec = {k: v for k, v in row.items() if not k.startswith("_") and v is not None}
+    return json.dumps(rec, default=str, sort_keys=True)
+
+
+def _read_sources(
+    config: IngestConfig, image_store: str
+) -> tuple[list[RawBatch], list[dict[str, Any]], list[QuarantinedRecord]]:
+    batches: list[RawBatch] = []
+    sources: list[dict[str, Any]] = []
+    unreadable: list[QuarantinedRecord] = []
+    for pattern in config.sources:
+        files = storage.list_files(pattern)
+        if not files:
+            raise IngestError(
+                f"source {pattern!r}: no files found (give a file, a directory, a glob or a gs:// prefix)"
+            )
+        for uri in files:
+            fmt: str = config.source_format
+            if fmt == "auto":
+                fmt = readers.detect_format(uri)
+                if fmt == "unknown":
+                    raise IngestError(
+                        f"source file {uri}: unknown extension; use .jsonl/.parquet/.csv or set source_format"
+                    )
+            base = base_dir_of(uri)
+            try:
+                if fmt == "jsonl":
+                    found = list(readers.read_jsonl(uri, base, config.max_prompt_chars))
+                elif fmt == "parquet":
+                    found = list(readers.read_parquet(uri, base, config.max_prompt_chars))
+                elif fmt == "csv":
+                    found = list(readers.read_csv(uri, base, config.max_prompt_chars))
+                elif fmt == "pickapic_v2":
+                    found = list(importers.read_pickapic(uri, image_store, config.max_prompt_chars))
+                else:
+                    found = list(importers.read_diffusion_kto_csv(uri, base, config.max_prompt_chars))
+            except (OSError, ValueError, pa.ArrowException, storage.StorageError) as err:
+                # A file that cannot be read at all counts as one quarantined record, never silently.
+                unreadable.append(
+                    QuarantinedRecord("", uri, 0, "unreadable_source", f"source file {uri}: {err}")
+                )
+                sources.append({"uri": uri, "format": fmt, "records": 1, "error": str(err)})
+                continue
+            n = sum(b.table.num_rows + len(b.quarantined) for b in found)
+            sources.append({"uri": uri, "format": fmt, "records": n})
+            batches.extend(found)
+    return batches, sources, unreadable
+
+
+def ingest(config: IngestConfig) -> IngestResult:
+    """Run the ingest step (see :mod:`components.ingest.step`)."""
+    telemetry = StepTelemetry("ingest", run_id=config.run_id, pushgateway=config.pushgateway)
+    log = telemetry.log
+    out = config.output_dir
+    events_uri = storage.join(out, "events.parquet")
+    quarantine_uri = storage.join(out, "quarantine.parquet")
+    stats_uri = storage.join(out, "stats.json")
+    image_store = config.image_store or storage.join(out, "images")
+    if not storage.is_gcs(image_store):
+        image_store = os.path.abspath(image_store)
+    roots = normalise_roots(config.allowed_roots)
+    if config.allowed_roots and config.source_format == "pickapic_v2":
+        roots = roots + normalise_roots([image_store])
+
+    batches, sources, quarantined = _read_sources(config, image_store)
+    now = utc_now()
+
+    # 1. record-level checks, batch by batch (relative URIs resolve against their own file's directory)
+    valid_parts: list[pa.Table] = []
+    for batch in batches:
+        quarantined.extend(batch.quarantined)
+        t = batch.table
+        if t.num_rows == 0:
+            continue
+        checked = check_batch(t, batch.base_dir, roots, config.max_prompt_chars)
+        bad = checked.reasons != ""
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            rows = (
+                t.select(["event_id", "_row", "_raw", *CONTENT_COLUMNS, "created_at", "metadata"])
+                .take(pa.array(idx))
+                .to_pylist()
+            )
+            for i, row in zip(idx, rows, strict=True):
+                quarantined.append(
+                    QuarantinedRecord(
+                        _row_raw(row),
+                        batch.source,
+                        int(row["_row"]),
+                        str(checked.reasons[i]),
+                        checked.messages[int(i)],
+                        row.get("event_id"),
+                    )
+                )
+        keep = pa.array(~bad)
+        good = pa.table(
+            {
+                "event_id": t.column("event_id"),
+                "source": _source_column(batch.source, t.num_rows),
+                "prompt": t.column("prompt"),
+                "image_uri": checked.image_uri,
+                "feedback": t.column("feedback"),
+                "score": t.column("score"),
+                "other_image_uri": checked.other_image_uri,
+                "user_id": t.column("user_id"),
+                "created_at": checked.created_at,
+                "model_version": t.column("model_version"),
+                "metadata": t.column("metadata"),
+                "_row": t.column("_row"),
+                "_raw": t.column("_raw"),
+            }
+        ).filter(keep)
+        valid_parts.append(good)
+    blank_lines = sum(b.blank_lines for b in batches)
+    del batches
+    candidates = pa.concat_tables(valid_parts) if valid_parts else _empty_candidates()
+    del valid_parts
+    n_read = candidates.num_rows + len(quarantined)
+
+    # 2. de-duplicate within the run; an id with two different contents is a conflict, quarantined both ways
+    key = _content_key(candidates)
+    n = candidates.num_rows
+    index = pa.array(np.arange(n, dtype=np.int64))
+    groups = (
+        pa.table({"event_id": candidates.column("event_id"), "key": key, "i": index})
+        .group_by("event_id", use_threads=False)
+        .aggregate([("key", "count_distinct"), ("i", "min")])
+    )
+    conflict_ids = groups.filter(pc.greater(groups.column("key_count_distinct"), 1)).column("event_id")
+    first = np.zeros(n, dtype=bool)
+    first[groups.filter(pc.equal(groups.column("key_count_distinct"), 1)).column("i_min").to_numpy()] = True
+    conflict = (
+        pc.is_in(candidates.column("event_id"), conflict_ids).to_numpy(zero_copy_only=False)
+        if len(conflict_ids)
+        else np.zeros(n, bool)
+    )
+    duplicate = ~first & ~conflict
+    state = np.where(conflict, "conflict", np.where(duplicate, "duplicate", "accepted")).astype(object)
+
+    # 3. against the previous output: same id + same content = duplicate, same id + other content = conflict
+    previous = None
+    if config.previous_output:
+        prev_uri = config.previous_output
+        if not prev_uri.endswith(".parquet"):
+            prev_uri = storage.join(prev_uri, "events.parquet")
+        if storage.exists(prev_uri):
+            previous = storage.read_parquet(prev_uri)
+            prev_keys = pa.table(
+                {"event_id": previous.column("event_id"), "prev_key": _content_key(previous)}
+            )
+            acc_idx = np.flatnonzero(state == "accepted")
+            probe = pa.table(
+                {
+                    "event_id": candidates.column("event_id").take(pa.array(acc_idx)),
+                    "key": key.take(pa.array(acc_idx)),
+                    "i": pa.array(acc_idx),
+                }
+            )
+            joined = probe.join(prev_keys, "event_id", join_type="inner")
+            if joined.num_rows:
+                same = pc.equal(joined.column("key"), joined.column("prev_key")).to_numpy(
+                    zero_copy_only=False
+                )
+                ii = joined.column("i").to_numpy()
+                state[ii[same]] = "duplicate"
+                state[ii[~same]] = "conflict_previous"
+        else:
+            log.warning("previous output %s not found: starting from scratch", prev_uri)
+
+    # 4. image checks on the events about to be accepted (images known from the previous output are reused)
+    image_sha = pa.nulls(n, pa.string())
+    other_sha = pa.nulls(n, pa.string())
+    images_checked = 0
+    identical_image_groups = 0
+    known: dict[str, str] = {}
+    if previous is not None and "image_sha256" in previous.column_names:
+        for u_col, s_col in (("image_uri", "image_sha256"), ("other_image_uri", "other_image_sha256")):
+            pairs = pa.table({"u": previous.column(u_col), "s": previous.column(s_col)}).filter(
+                pc.is_valid(previous.column(s_col))
+            )
+            known.update(zip(pairs.column("u").to_pylist(), pairs.column("s").to_pylist(), strict=True))
+    if config.check_images:
+        acc = state == "accepted"
+        acc_idx = pa.array(np.flatnonzero(acc))
+        uris = set(candidates.column("image_uri").take(acc_idx).to_pylist())
+        uris |= {u for u in candidates.column("other_image_uri").take(acc_idx).to_pylist() if u}
+        to_check = [u for u in uris if u not in known]
+        results = check_images(
+            to_check, config.image_check_workers, config.min_image_side, config.max_image_side
+        )
+        images_checked = len(results)
+        sha_of = dict(known)
+        sha_of.update({u: r.sha256 for u, r in results.items() if not r.reason and r.sha256})
+        failed = {u: r for u, r in results.items() if r.reason}
+        image_sha = pa.array([sha_of.get(u) for u in candidates.column("image_uri").to_pylist()], pa.string())
+        other_sha = pa.array(
+            [sha_of.get(u) if u else None for u in candidates.column("other_image_uri").to_pylist()],
+            pa.string(),
+        )
+        if failed:
+            bad_img = pc.is_in(candidates.column("image_uri"), pa.array(list(failed))).to_numpy(
+                zero_copy_only=False
+            )
+            bad_other = pc.fill_null(
+                pc.is_in(candidates.column("other_image_uri"), pa.array(list(failed))), False
+            ).to_numpy(zero_copy_only=False)
+            state[acc & bad_img] = "image:image_uri"
+            state[acc & ~bad_img & bad_other] = "image:other_image_uri"
+        # the same bytes under several URIs: one image, recognised by its hash (label merges them)
+        by_sha: dict[str, set[str]] = {}
+        for u, s in sha_of.items():
+            by_sha.setdefault(s, set()).add(u)
+        identical_image_groups = sum(1 for us in by_sha.values() if len(us) > 1)
+    else:
+        failed = {}
+
+    # 5. quarantine the conflicts and failed images
+    q_idx = np.flatnonzero((state != "accepted") & (state != "duplicate"))
+    if len(q_idx):
+        rows = candidates.take(pa.array(q_idx)).to_pylist()
+        for i, row in zip(q_idx, rows, strict=True):
+            st = state[i]
+            where = f"line/row {row['_row']}"
+            if st == "conflict":
+                reason, msg = (
+                    "conflicting_event_id",
+                    f"{where}: field 'event_id' {row['event_id']!r} appears with different content in this run; every record with it is quarantined",
+                )
+            elif st == "conflict_previous":
+                reason, msg = (
+                    "conflicting_with_previous",
+                    f"{where}: field 'event_id' {row['event_id']!r} is already in the previous output with different content",
+                )
+            else:
+                field = st.split(":", 1)[1]
+                check = failed[row[field]]
+                reason, msg = check.reason, f"{where}: field {field!r}: {check.message}"
+            quarantined.append(
+                QuarantinedRecord(
+                    _row_raw(row), row["source"], int(row["_row"]), reason, msg, row["event_id"]
+                )
+            )
+
+    accepted_mask = state == "accepted"
+    n_accepted = int(accepted_mask.sum())
+    n_duplicates = int((state == "duplicate").sum())
+    n_quarantined = len(quarantined)
+    if n_read != n_accepted + n_duplicates + n_quarantined:
+        raise IngestError(
+            f"count invariant broken: read {n_read} != accepted {n_accepted} + duplicates {n_duplicates} + "
+            f"quarantined {n_quarantined} (a bug in ingest; please report it with the sources)"
+        )
+    by_reason = dict(sorted(Counter(q.reason for q in quarantined).items()))
+
+    new_events = candidates.filter(pa.array(accepted_mask))
+    new_events = new_events.set_column(
+        new_events.column_names.index("created_at"),
+        "created_at",
+        pc.fill_null(new_events.column("created_at"), pa.scalar(now, pa.timestamp("us", tz="UTC"))),
+    )
+    new_events = new_events.append_column("image_sha256", image_sha.filter(pa.array(accepted_mask)))
+    new_events = new_events.append_column("other_image_sha256", other_sha.filter(pa.array(accepted_mask)))
+    new_events = new_events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
+    events = (
+        pa.concat_tables([previous.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA), new_events])
+        if previous is not None
+        else new_events
+    )
+    watermark = pc.max(events.column("created_at")).as_py() if events.num_rows else None
+
+    quarantine_table = pa.table(
+        {
+            "raw": [q.raw for q in quarantined],
+            "source": [q.source for q in quarantined],
+            "row_number": [q.row_number for q in quarantined],
+            "reason": [q.reason for q in quarantined],
+            "message": [q.message for q in quarantined],
+            "event_id": [q.event_id for q in quarantined],
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    stats: dict[str, Any] = {
+        "read": n_read,
+        "accepted": n_accepted,
+        "duplicates": n_duplicates,
+        "quarantined": n_quarantined,
+        "quarantined_by_reason": by_reason,
+        "sources": sources,
+        "watermark": watermark.isoformat() if watermark else None,
+        "previous_output": config.previous_output,
+        "total_events": events.num_rows,
+        "blank_lines_skipped": blank_lines,
+        "images_checked": images_checked,
+        "identical_image_groups": identical_image_groups,
+        "ingested_at": now.isoformat(),
+        "config_hash": config.config_hash(),
+    }
+
+    read_c = telemetry.counter("events_read_total", "Feedback records read from the sources")
+    read_c.inc(n_read)
+    telemetry.counter("events_accepted_total", "Records accepted as new events").inc(n_accepted)
+    telemetry.counter("events_duplicates_total", "Records that repeat an accepted event").inc(n_duplicates)
+    q_c = telemetry.counter("events_quarantined_total", "Records quarantined, by reason", ("reason",))
+    for reason, count in by_reason.items():
+        q_c.labels(reason=reason).inc(count)
+    telemetry.gauge("events_total", "Rows of events.parquet after this run").set(events.num_rows)
+
+    fraction = n_quarantined / n_read if n_read else 0.0
+    storage.write_parquet(quarantine_table, quarantine_uri)
+    if fraction > config.max_quarantined_fraction:
+        stats["failed"] = (
+            f"{n_quarantined} of {n_read} records ({fraction:.1%}) were quarantined, more than "
+            f"max_quarantined_fraction={config.max_quarantined_fraction:.1%}"
+        )
+        storage.write_json(stats_uri, stats)
+        telemetry.push()
+        top = ", ".join(f"{r}: {c}" for r, c in sorted(by_reason.items(), key=lambda kv: -kv[1])[:5])
+        raise IngestError(
+            f"ingest failed: {stats['failed']} (top reasons: {top}). events.parquet was not written; "
+            f"see {quarantine_uri} for every rejected record, or raise max_quarantined_fraction if this is expected."
+        )
+    storage.write_parquet(events, events_uri)
+    storage.write_json(stats_uri, stats)
+    telemetry.push()
+    log.info(
+        "ingest: read %d, accepted %d, duplicates %d, quarantined %d %s -> %s",
+        n_read,
+        n_accepted,
+        n_duplicates,
+        n_quarantined,
+        by_reason,
+        events_uri,
+    )
+    return IngestResult(
+        events_uri=events_uri,
+        quarantine_uri=quarantine_uri,
+        stats_uri=stats_uri,
+        read=n_read,
+        accepted=n_accepted,
+        duplicates=n_duplicates,
+        quarantined=n_quarantined,
+        quarantined_by_reason=by_reason,
+        new_events=n_accepted,
+        total_events=events.num_rows,
+        watermark=stats["watermark"],
+    )
+
+
+def _empty_candidates() -> pa.Table:
+    fields = [f for f in EVENTS_SCHEMA if f.name not in ("image_sha256", "other_image_sha256")]
+    cols = {f.name: pa.array([], f.type) for f in fields}
+    cols["_row"] = pa.array([], pa.int64())
+    cols["_raw"] = pa.array([], pa.string())
+    return pa.table(cols)

@@ -1,0 +1,412 @@
+"""Readers: one source file (JSONL, Parquet, CSV) -> batches of candidate records in ``RAW_SCHEMA``.
+
+Each batch carries the records that parsed (``table``, with the 1-based line/row number in ``_row`` and,
+for JSONL, the verbatim line in ``_raw``) and the records that did not (``quarantined``, each with its
+reason and a message naming the field). Nothing is dropped: every non-blank line or row read lands in one
+of the two.
+
+JSONL fast path (why it is fast and still exact): the chunk's lines become one Arrow string array without
+copying; a vectorised RE2 pass marks the lines that are certainly well-formed flat JSON objects with
+correctly typed known fields; those go through ``pyarrow.json`` in one multi-threaded call. Every other
+line (malformed JSON, wrong types, deep nesting) takes the per-line path (``json.loads`` + the pydantic
+model), which gives the exact reason. If Arrow still rejects the "clean" lines (for example an unknown
+field whose type changes between rows), a resumable per-row scan isolates the offending rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from components.ingest.schema import KNOWN_FIELDS, RAW_SCHEMA, classify_record, event_to_row
+from components.shared import storage
+
+CHUNK_BYTES = 32 << 20
+
+# A JSON object whose values are strings, numbers, booleans, null, or flat objects of those: a regular
+# language, so RE2 can recognise it. Lines it accepts are guaranteed valid JSON.
+_STR = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_PRIM = rf"(?:{_STR}|{_NUM}|true|false|null)"
+_FLAT = rf"\{{\s*(?:{_STR}\s*:\s*{_PRIM}(?:\s*,\s*{_STR}\s*:\s*{_PRIM})*)?\s*\}}"
+_VAL = rf"(?:{_PRIM}|{_FLAT})"
+WELL_FORMED_LINE = rf"^\s*\{{\s*(?:{_STR}\s*:\s*{_VAL}(?:\s*,\s*{_STR}\s*:\s*{_VAL})*)?\s*\}}\s*$"
+# Known fields holding a value of the wrong JSON type (the per-line path names the field).
+_TEXT_FIELDS = "|".join(f for f in KNOWN_FIELDS if f not in ("score", "metadata"))
+SUSPECT_TYPES = rf'"(?:{_TEXT_FIELDS})"\s*:\s*[^"n\s]|"score"\s*:\s*[^-0-9n\s]|"metadata"\s*:\s*[^{{n\s]'
+
+_ARROW_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name != "metadata"])
+_ROW_IN_ERROR = re.compile(r"in row (\d+)")
+
+
+@dataclass
+class QuarantinedRecord:
+    """A record that could not become an event: where it was, verbatim, and why."""
+
+    raw: str
+    source: str
+    row_number: int
+    reason: str
+    message: str
+    event_id: str | None = None
+
+
+@dataclass
+class RawBatch:
+    """Candidate records of one source file (or one chunk of it)."""
+
+    source: str
+    base_dir: str
+    table: pa.Table
+    quarantined: list[QuarantinedRecord] = field(default_factory=list)
+    blank_lines: int = 0
+
+
+def empty_raw_table() -> pa.Table:
+    """A zero-row table in the intermediate layout."""
+    cols = {f.name: pa.array([], f.type) for f in RAW_SCHEMA}
+    cols["_row"] = pa.array([], pa.int64())
+    cols["_raw"] = pa.array([], pa.string())
+    return pa.table(cols)
+
+
+def rows_to_table(rows: list[dict[str, Any]], row_numbers: list[int], raws: list[str | None]) -> pa.Table:
+    """Validated per-line records -> the intermediate layout."""
+    cols: dict[str, Any] = {f.name: pa.array([r[f.name] for r in rows], f.type) for f in RAW_SCHEMA}
+    cols["_row"] = pa.array(row_numbers, pa.int64())
+    cols["_raw"] = pa.array(raws, pa.string())
+    return pa.table(cols)
+
+
+def conform(table: pa.Table, row_numbers: pa.Array, raw: pa.Array | None) -> pa.Table:
+    """Any table with (a subset of) the known columns -> the intermediate layout.
+
+    Extra columns and a struct ``metadata`` are folded into a JSON ``metadata`` string per row (only rows
+    that have any, so the common case costs nothing).
+    """
+    n = table.num_rows
+    extra = [c for c in table.column_names if c not in KNOWN_FIELDS and not c.startswith("_")]
+    cols: dict[str, Any] = {}
+    for f in RAW_SCHEMA:
+        if f.name == "metadata":
+            continue
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            cols[f.name] = col if col.type == f.type else pc.cast(col, f.type)
+        else:
+            cols[f.name] = pa.nulls(n, f.type)
+    meta_col = table.column("metadata") if "metadata" in table.column_names else None
+    if meta_col is not None and pa.types.is_string(meta_col.type) and not extra:
+        cols["metadata"] = meta_col
+    elif meta_col is None and not extra:
+        cols["metadata"] = pa.nulls(n, pa.string())
+    else:
+        has = pa.nulls(n, pa.bool_()).fill_null(False)
+        if meta_col is not None:
+            has = pc.or_(has, pc.is_valid(meta_col))
+        for c in extra:
+            has = pc.or_(has, pc.is_valid(table.column(c)))
+        idx = np.flatnonzero(has.to_numpy(zero_copy_only=False))
+        out: list[str | None] = [None] * n
+        if len(idx):
+            sub = table.take(pa.array(idx))
+            metas = sub.column("metadata").to_pylist() if meta_col is not None else [None] * len(idx)
+            extras = {c: sub.column(c).to_pylist() for c in extra}
+            for k, i in enumerate(idx):
+                m = metas[k]
+                merged: dict[str, Any] = {}
+                if isinstance(m, str):
+                    try:
+                        merged = json.loads(m)
+                    except ValueError:
+                        merged = {"metadata": m}
+                elif isinstance(m, dict):
+                    merged = {key: v for key, v in m.items() if v is not None}
+                for c in extra:
+                    if extras[c][k] is not None:
+                        merged[c] = extras[c][k]
+                out[i] = json.dumps(merged, sort_keys=True, default=str) if merged else None
+        cols["metadata"] = pa.array(out, pa.string())
+    cols["_row"] = row_numbers
+    cols["_raw"] = raw if raw is not None else pa.nulls(n, pa.string())
+    return pa.table(cols)
+
+
+# ---------------------------------------------------------------- JSONL
+
+
+def _lines_array(chunk: bytes) -> pa.Array:
+    """The chunk's lines as an Arrow string array sharing the chunk's memory (each keeps its newline)."""
+    view = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(view == 10) + 1
+    if len(chunk) and (len(ends) == 0 or ends[-1] != len(chunk)):
+        ends = np.append(ends, len(chunk))
+    offsets = np.concatenate([[0], ends]).astype(np.int32)
+    return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chunk))
+
+
+def _parse_lines(lines: pa.Array, single_block: bool = False) -> pa.Table:
+    """Parse lines known to be well-formed with pyarrow.json (all of them, or raise).
+
+    ``single_block`` parses in one thread and one block, so an error's "in row N" is the slice's row N.
+    """
+    data = lines.buffers()[2]
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    body = data[int(offsets[0]) : int(offsets[-1])]
+    return pj.read_json(
+        pa.BufferReader(body),
+        read_options=pj.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(body) + 1, 1 << 24)))
+        if not single_block
+        else pj.ReadOptions(use_threads=False, block_size=len(body) + 1),
+        parse_options=pj.ParseOptions(explicit_schema=_ARROW_SCHEMA, unexpected_field_behavior="infer"),
+    )
+
+
+def _per_line(
+    line: str, source: str, row_number: int, max_prompt_chars: int
+) -> tuple[dict | None, QuarantinedRecord | None]:
+    text = line.rstrip("\r\n")
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        return None, QuarantinedRecord(
+            text, source, row_number, "malformed_record", f"line {row_number}: not valid JSON ({err})"
+        )
+    event, reason, message = classify_record(record, max_prompt_chars)
+    if event is None:
+        event_id = record.get("event_id") if isinstance(record, dict) else None
+        return None, QuarantinedRecord(
+            text, source, row_number, reason, message, str(event_id) if event_id is not None else None
+        )
+    return event_to_row(event), None
+
+
+def parse_jsonl_chunk(
+    chunk: bytes, first_line: int, source: str, base_dir: str, max_prompt_chars: int
+) -> RawBatch:
+    """Parse one chunk of whole lines; ``first_line`` is the 1-based number of its first line."""
+    lines = _lines_array(chunk)
+    numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
+    blank = pc.match_substring_regex(lines, r"^\s*$")
+    not_blank = pc.invert(blank)
+    n_blank = len(lines) - pc.sum(not_blank).as_py() if len(lines) else 0
+    clean = pc.and_(
+        pc.match_substring_regex(lines, WELL_FORMED_LINE),
+        pc.invert(pc.match_substring_regex(lines, SUSPECT_TYPES)),
+    )
+    slow = pc.and_(not_blank, pc.invert(clean))
+    clean_lines = lines.filter(clean)
+    clean_numbers = numbers[clean.to_numpy(zero_copy_only=False)]
+    tables: list[pa.Table] = []
+    slow_idx: list[int] = [int(i) for i in np.flatnonzero(slow.to_numpy(zero_copy_only=False))]
+    if len(clean_lines):
+        try:
+            parsed = _parse_lines(clean_lines)
+            tables.append(conform(parsed, pa.array(clean_numbers), clean_lines))
+        except pa.ArrowInvalid:
+            t, rescued = _scan_resumable(clean_lines)
+            for seg_table, lo, hi in t:
+                tables.append(
+                    conform(seg_table, pa.array(clean_numbers[lo:hi]), clean_lines.slice(lo, hi - lo))
+                )
+            # Rows Arrow rejects go to the per-line path, which gives their reason.
+            clean_positions = np.flatnonzero(clean.to_numpy(zero_copy_only=False))
+            slow_idx.extend(int(clean_positions[i]) for i in rescued)
+            slow_idx.sort()
+    quarantined: list[QuarantinedRecord] = []
+    rows: list[dict] = []
+    row_numbers: list[int] = []
+    raws: list[str | None] = []
+    if slow_idx:
+        slow_lines = lines.take(pa.array(slow_idx, pa.int64())).to_pylist()
+        for i, line in zip(slow_idx, slow_lines, strict=True):
+            row, bad = _per_line(line, source, int(numbers[i]), max_prompt_chars)
+            if bad is not None:
+                quarantined.append(bad)
+            else:
+                rows.append(row)  # type: ignore[arg-type]
+                row_numbers.append(int(numbers[i]))
+                raws.append(line.rstrip("\r\n"))
+    if rows:
+        tables.append(rows_to_table(rows, row_numbers, raws))
+    table = pa.concat_tables(tables) if tables else empty_raw_table()
+    return RawBatch(source, base_dir, table, quarantined, int(n_blank))
+
+
+def _scan_resumable(lines: pa.Array) -> tuple[list[tuple[pa.Table, int, int]], list[int]]:
+    """Parse ``lines`` in order, skipping each row Arrow rejects; returns good segments and rejected rows."""
+    segments: list[tuple[pa.Table, int, int]] = []
+    rejected: list[int] = []
+    pos, n = 0, len(lines)
+    while pos < n:
+        try:
+            segments.append((_parse_lines(lines.slice(pos), single_block=True), pos, n))
+            break
+        except pa.ArrowInvalid as err:
+            match = _ROW_IN_ERROR.search(str(err))
+            if match is None:
+                # No row number in the message: give the rest to the per-line path.
+                rejected.extend(range(pos, n))
+                break
+            # Arrow numbers rows per block; a single-threaded single block makes that the slice's row.
+            bad = pos + int(match.group(1))
+            if bad >= n:
+                rejected.extend(range(pos, n))
+                break
+            if bad > pos:
+                segments.append((_parse_lines(lines.slice(pos, bad - pos), single_block=True), pos, bad))
+            rejected.append(bad)
+            pos = bad + 1
+    return segments, rejected
+
+
+def read_jsonl(
+    uri: str, base_dir: str, max_prompt_chars: int, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[RawBatch]:
+    """Stream a JSONL file in chunks of whole lines."""
+    line_no = 1
+    carry = b""
+    with storage.open_read(uri) as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                break
+            data = carry + block
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            chunk, carry = data[:cut], data[cut:]
+            batch = parse_jsonl_chunk(chunk, line_no, uri, base_dir, max_prompt_chars)
+            line_no += chunk.count(b"\n")
+            yield batch
+    if carry:
+        yield parse_jsonl_chunk(carry, line_no, uri, base_dir, max_prompt_chars)
+
+
+# ---------------------------------------------------------------- Parquet and CSV
+
+
+def read_table_records(table: pa.Table, uri: str, base_dir: str, max_prompt_chars: int) -> RawBatch:
+    """A Parquet or CSV table -> batch; columns that do not cast to the schema go row by row."""
+    n = table.num_rows
+    numbers = pa.array(np.arange(1, n + 1, dtype=np.int64))
+    try:
+        return RawBatch(uri, base_dir, conform(table, numbers, None))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    quarantined: list[QuarantinedRecord] = []
+    rows: list[dict] = []
+    row_numbers: list[int] = []
+    for i, record in enumerate(table.to_pylist(), start=1):
+        record = {k: v for k, v in record.items() if v is not None and v != ""}
+        event, reason, message = classify_record(record, max_prompt_chars)
+        if event is None:
+            raw = json.dumps(record, default=str, sort_keys=True)
+            eid = record.get("event_id")
+            quarantined.append(
+                QuarantinedRecord(
+                    raw, uri, i, reason, f"row {i}: {message}", None if eid is None else str(eid)
+                )
+            )
+        else:
+            rows.append(event_to_row(event))
+            row_numbers.append(i)
+    out = rows_to_table(rows, row_numbers, [None] * len(rows)) if rows else empty_raw_table()
+    return RawBatch(uri, base_dir, out, quarantined)
+
+
+def read_parquet(uri: str, base_dir: str, max_prompt_chars: int) -> Iterator[RawBatch]:
+    """A Parquet file of feedback records."""
+    yield read_table_records(storage.read_parquet(uri), uri, base_dir, max_prompt_chars)
+
+
+def read_csv_table(uri: str) -> tuple[pa.Table, list[QuarantinedRecord]]:
+    """A CSV file as all-string columns (empty cells null), plus its structurally broken rows."""
+    import pyarrow.csv as pcsv
+
+    bad: list[QuarantinedRecord] = []
+
+    def on_invalid(row: Any) -> str:
+        bad.append(
+            QuarantinedRecord(
+                row.text,
+                uri,
+                int(row.number or 0),
+                "malformed_record",
+                f"CSV row {row.number}: {row.actual_columns} columns, expected {row.expected_columns}",
+            )
+        )
+        return "skip"
+
+    data = storage.read_bytes(uri)
+    header = io.BytesIO(data).readline().decode("utf-8", "replace").strip().split(",")
+    table = pcsv.read_csv(
+        io.BytesIO(data),
+        read_options=pcsv.ReadOptions(use_threads=False),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name.strip('"'): pa.string() for name in header}, strings_can_be_null=True
+        ),
+    )
+    return table, bad
+
+
+def read_csv(uri: str, base_dir: str, max_prompt_chars: int) -> Iterator[RawBatch]:
+    """A CSV file of feedback records (``score`` parsed from text; a bad number is quarantined)."""
+    table, bad = read_csv_table(uri)
+    if "score" in table.column_names:
+        text = table.column("score")
+        numeric = pc.match_substring_regex(
+            text, r"^\s*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$"
+        )
+        ok = pc.or_kleene(pc.is_null(text), numeric)
+        if not pc.all(ok).as_py():
+            rows = np.arange(1, table.num_rows + 1)
+            mask = ok.to_numpy(zero_copy_only=False)
+            for i in np.flatnonzero(~mask):
+                rec = {k: v for k, v in table.slice(int(i), 1).to_pylist()[0].items() if v is not None}
+                bad.append(
+                    QuarantinedRecord(
+                        json.dumps(rec, sort_keys=True),
+                        uri,
+                        int(rows[i]) + 1,
+                        "wrong_type",
+                        f"row {int(rows[i]) + 1}: field 'score' is {rec.get('score')!r}, not a number",
+                        rec.get("event_id"),
+                    )
+                )
+            keep = pa.array(mask)
+            numbers = pa.array(rows[mask] + 1)
+            table = table.filter(keep)
+        else:
+            numbers = pa.array(np.arange(2, table.num_rows + 2, dtype=np.int64))
+        table = table.set_column(
+            table.column_names.index("score"), "score", pc.cast(table.column("score"), pa.float64())
+        )
+    else:
+        numbers = pa.array(np.arange(2, table.num_rows + 2, dtype=np.int64))
+    # CSV line numbers count the header line, so row k of the data is line k + 1.
+    batch = RawBatch(uri, base_dir, conform(table, numbers, None), bad)
+    yield batch
+
+
+def detect_format(uri: str) -> str:
+    """jsonl / parquet / csv from the file extension (compressed variants are not supported)."""
+    name = uri.lower()
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith(".csv"):
+        return "csv"
+    return "unknown"

@@ -1,0 +1,224 @@
+"""Vectorised checks of candidate records (the pydantic model's rules, column-wise) and image URI policy.
+
+``check_batch`` returns one reason code per row ("" = valid) plus the parsed ``created_at`` and the
+resolved image URIs; messages naming the field are built only for the rejected rows.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.ingest.schema import FEEDBACK_KINDS, PAIRWISE_KINDS, REQUIRED_FIELDS
+from components.shared import storage
+
+# Local directories an event must never point into, whatever allowed_roots says.
+SYSTEM_DIRS = (
+    "etc",
+    "proc",
+    "sys",
+    "dev",
+    "boot",
+    "root",
+    "run",
+    "var/run",
+    "usr",
+    "bin",
+    "sbin",
+    "lib",
+    "lib64",
+)
+_SYSTEM_RE = r"^/(?:" + "|".join(re.escape(d) for d in SYSTEM_DIRS) + r")(?:/|$)"
+_DOTDOT_RE = r"(?:^|/)\.\.(?:/|$)"
+_TZ_RE = r"(?:Z|z|[+-][0-9]{2}:?[0-9]{2})$"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass
+class CheckedBatch:
+    """Per-row results of the checks on one batch."""
+
+    reasons: np.ndarray  # object array of reason codes, "" for valid rows
+    messages: dict[int, str]
+    image_uri: pa.Array
+    other_image_uri: pa.Array
+    created_at: pa.Array
+
+
+def normalise_roots(roots: list[str]) -> list[str]:
+    """Allowed roots as absolute local paths / gs:// prefixes, each ending in '/'."""
+    out = []
+    for root in roots:
+        if root.startswith("file://"):
+            root = root[len("file://") :]
+        if not storage.is_gcs(root):
+            root = os.path.abspath(root)
+        out.append(root.rstrip("/") + "/")
+    return out
+
+
+def base_dir_of(uri: str) -> str:
+    """Directory that relative image paths in ``uri`` are resolved against."""
+    if storage.is_gcs(uri):
+        return uri.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def resolve_uris(uris: pa.Array, base_dir: str) -> pa.Array:
+    """Strip file://, make relative paths absolute against the source's directory, drop './' segments."""
+    uris = pc.replace_substring_regex(uris, r"^file://", "")
+    is_relative = pc.invert(
+        pc.or_(pc.starts_with(uris, "/"), pc.match_substring_regex(uris, r"^[a-zA-Z][a-zA-Z0-9+.-]*://"))
+    )
+    joined = pc.binary_join_element_wise(pa.scalar(base_dir.rstrip("/")), uris, "/")
+    out = pc.if_else(is_relative, joined, uris)
+    return pc.replace_substring_regex(out, r"/\./", "/")
+
+
+def uri_problem(raw: str | None, resolved: str | None, roots: list[str]) -> str:
+    """Why one URI is not allowed ("" if it is); used for messages and by the per-row path."""
+    if raw is None or resolved is None:
+        return ""
+    if re.search(_DOTDOT_RE, raw):
+        return f"{raw!r} contains a '..' segment (paths may not escape their directory)"
+    if "://" in resolved and not storage.is_gcs(resolved):
+        return f"{raw!r} uses an unsupported scheme (valid: gs://, file://, local paths)"
+    if re.search(_SYSTEM_RE, resolved):
+        return f"{raw!r} points into a system directory ({resolved})"
+    if roots and not any(resolved.startswith(r) for r in roots):
+        return f"{raw!r} resolves to {resolved}, outside allowed_roots {roots}"
+    return ""
+
+
+def _uri_bad(raw: pa.Array, resolved: pa.Array, roots: list[str]) -> pa.Array:
+    bad = pc.match_substring_regex(raw, _DOTDOT_RE)
+    scheme = pc.and_(pc.match_substring(resolved, "://"), pc.invert(pc.starts_with(resolved, "gs://")))
+    bad = pc.or_(bad, scheme)
+    bad = pc.or_(bad, pc.match_substring_regex(resolved, _SYSTEM_RE))
+    if roots:
+        inside = pc.starts_with(resolved, roots[0])
+        for r in roots[1:]:
+            inside = pc.or_(inside, pc.starts_with(resolved, r))
+        bad = pc.or_(bad, pc.invert(inside))
+    return pc.fill_null(bad, False)
+
+
+def parse_timestamps(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """ISO 8601 text -> timestamp[us, UTC] (naive times taken as UTC); also a mask of unparseable values."""
+    n = len(text)
+    present = pc.is_valid(text).to_numpy(zero_copy_only=False)
+    has_tz = pc.fill_null(pc.match_substring_regex(text, _TZ_RE), False).to_numpy(zero_copy_only=False)
+    out: list[pa.Array] = []
+    bad = np.zeros(n, dtype=bool)
+    values = np.zeros(n, dtype="datetime64[us]")
+    for mask, aware in ((present & has_tz, True), (present & ~has_tz, False)):
+        idx = np.flatnonzero(mask)
+        if not len(idx):
+            continue
+        sub = text.take(pa.array(idx))
+        try:
+            if aware:
+                cast = pc.cast(sub, TIMESTAMP)
+            else:
+                cast = pc.assume_timezone(pc.cast(sub, pa.timestamp("us")), "UTC")
+            values[idx] = pc.cast(cast, pa.timestamp("us")).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            for i, s in zip(idx, sub.to_pylist(), strict=True):
+                try:
+                    dt = datetime.fromisoformat(s)
+                except ValueError:
+                    bad[i] = True
+                    continue
+                if dt.tzinfo is None:
+                    dt = dt.replace(tzinfo=timezone.utc)
+                values[i] = np.datetime64(dt.astimezone(timezone.utc).replace(tzinfo=None), "us")
+    del out
+    valid = present & ~bad
+    arr = pa.array(values, type=pa.timestamp("us"), mask=~valid)
+    return pc.assume_timezone(arr, "UTC") if n else pa.array([], TIMESTAMP), bad
+
+
+def check_batch(table: pa.Table, base_dir: str, roots: list[str], max_prompt_chars: int) -> CheckedBatch:
+    """Apply every record-level rule to every row of ``table`` (intermediate layout)."""
+    n = table.num_rows
+    reasons = np.full(n, "", dtype=object)
+
+    def mark(mask: pa.Array | np.ndarray, code: str) -> None:
+        m = mask if isinstance(mask, np.ndarray) else pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        reasons[m & (reasons == "")] = code
+
+    for name in REQUIRED_FIELDS:
+        col = table.column(name)
+        # An empty prompt has its own reason (empty_prompt, below), as in the pydantic path.
+        missing = pc.is_null(col) if name == "prompt" else pc.or_(pc.is_null(col), pc.equal(col, ""))
+        mark(missing, "missing_field")
+    feedback = table.column("feedback")
+    mark(pc.invert(pc.is_in(feedback, pa.array(FEEDBACK_KINDS))), "invalid_feedback")
+    prompt = table.column("prompt")
+    mark(pc.match_substring_regex(prompt, r"^\s*$"), "empty_prompt")
+    mark(pc.greater(pc.utf8_length(prompt), max_prompt_chars), "prompt_too_long")
+    score = table.column("score")
+    no_score = pc.or_(pc.is_null(score), pc.invert(pc.is_finite(pc.fill_null(score, 0.0))))
+    mark(pc.and_(pc.equal(feedback, "score"), no_score), "missing_score")
+    other = table.column("other_image_uri")
+    no_other = pc.or_(pc.is_null(other), pc.equal(pc.fill_null(other, ""), ""))
+    mark(pc.and_(pc.is_in(feedback, pa.array(PAIRWISE_KINDS)), no_other), "missing_other_image")
+    created, bad_time = parse_timestamps(table.column("created_at").combine_chunks())
+    mark(bad_time, "invalid_timestamp")
+    image = resolve_uris(table.column("image_uri").combine_chunks(), base_dir)
+    other_resolved = resolve_uris(other.combine_chunks(), base_dir)
+    mark(_uri_bad(table.column("image_uri").combine_chunks(), image, roots), "uri_not_allowed")
+    mark(_uri_bad(other.combine_chunks(), other_resolved, roots), "uri_not_allowed")
+
+    messages: dict[int, str] = {}
+    bad_idx = np.flatnonzero(reasons != "")
+    if len(bad_idx):
+        rows = table.take(pa.array(bad_idx)).to_pylist()
+        img = image.take(pa.array(bad_idx)).to_pylist()
+        oth = other_resolved.take(pa.array(bad_idx)).to_pylist()
+        for i, row, ri, ro in zip(bad_idx, rows, img, oth, strict=True):
+            messages[int(i)] = _message(reasons[i], row, ri, ro, roots, max_prompt_chars)
+    return CheckedBatch(reasons, messages, image, other_resolved, created)
+
+
+def _message(
+    code: str, row: dict, image: str | None, other: str | None, roots: list[str], max_chars: int
+) -> str:
+    where = f"line/row {row.get('_row')}"
+    if code == "missing_field":
+        missing = [f for f in REQUIRED_FIELDS if row.get(f) is None or (f != "prompt" and row.get(f) == "")]
+        return f"{where}: field {missing[0]!r} is required and missing or empty"
+    if code == "invalid_feedback":
+        return f"{where}: field 'feedback' is {row.get('feedback')!r}; valid: {', '.join(FEEDBACK_KINDS)}"
+    if code == "empty_prompt":
+        return f"{where}: field 'prompt' is empty"
+    if code == "prompt_too_long":
+        return f"{where}: field 'prompt' has {len(row['prompt'])} characters, more than max_prompt_chars={max_chars}"
+    if code == "missing_score":
+        return f"{where}: field 'score' must be a finite number when feedback is 'score' (got {row.get('score')!r})"
+    if code == "missing_other_image":
+        return f"{where}: field 'other_image_uri' is required for feedback {row.get('feedback')!r}"
+    if code == "invalid_timestamp":
+        return f"{where}: field 'created_at' is {row.get('created_at')!r}, not an ISO 8601 timestamp"
+    if code == "uri_not_allowed":
+        problem = uri_problem(row.get("image_uri"), image, roots)
+        if problem:
+            return f"{where}: field 'image_uri': {problem}"
+        return f"{where}: field 'other_image_uri': {uri_problem(row.get('other_image_uri'), other, roots)}"
+    return f"{where}: {code}"
+
+
+def normalise_path(path: str) -> str:
+    """Collapse '.' segments of a local path or gs:// URI (used by the importers)."""
+    if storage.is_gcs(path):
+        bucket, key = storage.split_gcs(path)
+        return f"gs://{bucket}/{posixpath.normpath(key)}"
+    return os.path.normpath(path)
