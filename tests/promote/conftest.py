@@ -1,0 +1,164 @@
+"""Fixtures of the promote tests: a real ``mlflow server`` on 127.0.0.1 and an embedded SQLite registry.
+
+Both live for the whole session (starting MLflow and migrating a database costs seconds); tests stay
+independent by using a fresh model name each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait for ``url`` to answer 200, failing early if the server process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` (SQLite backend, proxied artifacts) on 127.0.0.1; yields its URL."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    try:
+        try:
+            wait_health(f"{url}/health", proc, timeout=120)
+        except RuntimeError:
+            log.flush()
+            raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_registry_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An embedded MLflow registry: a SQLite file (artifacts beside it)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-embedded') / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["embedded", "server"])
+def registry_uri(request: pytest.FixtureRequest) -> str:
+    """Each flow runs against the embedded SQLite store and against a real MLflow server."""
+    if request.param == "embedded":
+        return request.getfixturevalue("embedded_registry_uri")
+    return request.getfixturevalue("mlflow_server")
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered-model name no other test uses."""
+    return f"tiny-{uuid.uuid4().hex[:8]}"
+
+
+def make_model_dir(path: Path, seed: int = 0, big_bytes: int = 0) -> Path:
+    """A small model directory in the trainer's output layout (contents differ by ``seed``)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "seed": seed}))
+    (path / "unet").mkdir(exist_ok=True)
+    (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(2048))
+    (path / "training_summary.json").write_text(
+        json.dumps({"pretrained_model": "gs://models/sd15", "config_hash": f"cfg{seed}", "dataset_hash": f"ds{seed}"})
+    )
+    if big_bytes:
+        (path / "weights.bin").write_bytes(os.urandom(big_bytes))
+    return path
+
+
+def write_decision(path: Path, *, passed: bool, baseline_version: str | None, reasons: list[str] | None = None) -> str:
+    """A decision.json as the evaluate step writes it."""
+    decision = {
+        "passed": passed,
+        "reasons": reasons or (["pickscore win rate 0.64 > 0.5 (CI 0.55-0.72)"] if passed else ["no gain"]),
+        "primary_metric": "pickscore",
+        "n_prompts": 32,
+        "candidate_model": "cand",
+        "baseline_model": "base",
+        "baseline_version": baseline_version,
+        "metrics": {
+            "pickscore": {
+                "candidate_mean": 21.5,
+                "baseline_mean": 21.1,
+                "mean_diff": 0.4,
+                "diff_ci_low": 0.1,
+                "diff_ci_high": 0.7,
+                "win_rate": 0.64,
+                "win_rate_ci_low": 0.55,
+                "win_rate_ci_high": 0.72,
+            }
+        },
+        "created_at": "2026-11-26T00:00:00+00:00",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(decision))
+    return str(path)
+
+
+@pytest.fixture
+def make_model():
+    """``make_model(path, seed=0, big_bytes=0)`` builds a model directory (see ``make_model_dir``)."""
+    return make_model_dir
+
+
+@pytest.fixture
+def make_decision():
+    """``make_decision(path, passed=..., baseline_version=...)`` writes a decision.json."""
+    return write_decision

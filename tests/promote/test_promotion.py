@@ -1,0 +1,185 @@
+"""Registration, promotion, rejection, rollback and concurrent promotion, on embedded SQLite and a server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from components.promote.registry import CANDIDATE, PREVIOUS_PRODUCTION, PRODUCTION, RegistryError, open_registry
+from components.promote.step import (
+    PromoteConfig,
+    RegisterConfig,
+    RollbackConfig,
+    promote,
+    register_candidate,
+    resolve_production,
+    rollback,
+)
+from components.shared import storage
+
+
+def _register(registry_uri, model_name, tmp_path, make_model, make_decision, *, seed, passed=True, baseline=None):
+    model = make_model(tmp_path / f"model-{seed}", seed=seed)
+    decision = make_decision(tmp_path / f"eval-{seed}" / "decision.json", passed=passed, baseline_version=baseline)
+    return register_candidate(
+        RegisterConfig(
+            registry_uri=registry_uri,
+            model_name=model_name,
+            candidate_model=str(model),
+            decision=decision,
+            code_version="abc1234",
+            pipeline_run_id=f"run-{seed}",
+        )
+    )
+
+
+def test_register_records_lineage_and_verified_files(registry_uri, model_name, tmp_path, make_model, make_decision):
+    result = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1)
+    registry = open_registry(registry_uri)
+    version = registry.get_version(model_name, result.version)
+    tags = version.tags
+    assert tags["gate"] == "passed"
+    assert json.loads(tags["gate.reasons"]) == ["pickscore win rate 0.64 > 0.5 (CI 0.55-0.72)"]
+    assert tags["gate.pickscore.win_rate"] == "0.64"
+    assert tags["gate.baseline_version"] == "none"
+    assert tags["base_model"] == "gs://models/sd15"
+    assert tags["dataset_hash"] == "ds1"
+    assert tags["training_config_hash"] == "cfg1"
+    assert tags["code_version"] == "abc1234"
+    assert tags["pipeline_run_id"] == "run-1"
+    assert version.source == f"runs:/{version.run_id}/model"
+    assert version.aliases == [CANDIDATE]
+    # The registered files are byte-identical to the candidate's.
+    model_uri, prod_version = resolve_production(registry_uri, model_name, "fallback")
+    assert (model_uri, prod_version) == ("fallback", None)
+    from components.promote.promotion import files_for
+
+    files = Path(files_for(registry, version))
+    src = tmp_path / "model-1"
+    for rel in ("model_index.json", "unet/diffusion_pytorch_model.safetensors"):
+        assert (files / rel).read_bytes() == (src / rel).read_bytes()
+
+
+def test_promotion_moves_aliases_and_rollback_restores(registry_uri, model_name, tmp_path, make_model, make_decision):
+    v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
+    first = promote(
+        PromoteConfig(
+            registry_uri=registry_uri,
+            model_name=model_name,
+            version=v1,
+            decision=make_decision(tmp_path / "d1.json", passed=True, baseline_version=None),
+            pipeline_run_id="run-1",
+        )
+    )
+    assert (first.outcome, first.production_before, first.production_after) == ("promoted", None, v1)
+
+    second = promote(
+        PromoteConfig(
+            registry_uri=registry_uri,
+            model_name=model_name,
+            candidate_model=str(make_model(tmp_path / "m2", seed=2)),
+            decision=make_decision(tmp_path / "d2.json", passed=True, baseline_version=v1),
+            pipeline_run_id="run-2",
+        )
+    )
+    v2 = second.version
+    assert second.outcome == "promoted" and second.registered is not None
+    registry = open_registry(registry_uri)
+    assert registry.aliases(model_name) == {PRODUCTION: v2, PREVIOUS_PRODUCTION: v1, CANDIDATE: v2}
+    old = registry.get_version(model_name, v1).tags
+    assert old["replaced_by_run"] == "run-2" and old["replaced_by_version"] == v2 and "replaced_at" in old
+    assert registry.get_version(model_name, v2).tags["promotion.replaces_version"] == v1
+    uri, version = resolve_production(registry_uri, model_name, "fallback")
+    assert version == v2 and storage.read_json(storage.join(uri, "model_index.json"))["seed"] == 2
+
+    back = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, reason="bad images"))
+    assert (back.production_before, back.production_after) == (v2, v1)
+    aliases = registry.aliases(model_name)
+    assert aliases[PRODUCTION] == v1 and aliases[PREVIOUS_PRODUCTION] == v2
+    restored = registry.get_version(model_name, v1).tags
+    assert restored["rollback.reason"] == "bad images" and restored["rollback.from_version"] == v2
+
+    # Rolling forward again to an explicit version works the same way.
+    again = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
+    assert again.production_after == v2
+    with pytest.raises(RegistryError, match="already production"):
+        rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
+    with pytest.raises(RegistryError, match="no version '99'"):
+        rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version="99"))
+
+
+def test_rejected_candidate_stays_registered_with_reasons(
+    registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    result = promote(
+        PromoteConfig(
+            registry_uri=registry_uri,
+            model_name=model_name,
+            candidate_model=str(make_model(tmp_path / "m", seed=3)),
+            decision=make_decision(
+                tmp_path / "d.json", passed=False, baseline_version=None, reasons=["win rate CI crosses 0.5"]
+            ),
+        )
+    )
+    assert result.outcome == "rejected" and result.production_after is None
+    registry = open_registry(registry_uri)
+    (version,) = registry.list_versions(model_name)
+    assert version.tags["gate"] == "rejected"
+    assert json.loads(version.tags["gate.reasons"]) == ["win rate CI crosses 0.5"]
+    assert PRODUCTION not in registry.aliases(model_name)
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name))
+
+
+def test_stale_gate_is_a_conflict(registry_uri, model_name, tmp_path, make_model, make_decision):
+    """A candidate evaluated against 'nothing in production' may not replace a production set since."""
+    v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
+    v2 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=2).version
+    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
+    cfg = {"registry_uri": registry_uri, "model_name": model_name, "decision": decision}
+    assert promote(PromoteConfig(version=v1, **cfg)).outcome == "promoted"
+    late = promote(PromoteConfig(version=v2, **cfg))
+    assert late.outcome == "conflict" and "production is now " + v1 in late.message
+    registry = open_registry(registry_uri)
+    assert registry.aliases(model_name)[PRODUCTION] == v1
+    assert registry.get_version(model_name, v2).tags["promotion"] == "conflict"
+
+
+def test_concurrent_promotions_exactly_one_wins(registry_uri, model_name, tmp_path, make_model, make_decision):
+    """Two pipelines that both evaluated against production v1 finish at once: one promotes, one conflicts."""
+    v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
+    decision_none = make_decision(tmp_path / "d0.json", passed=True, baseline_version=None)
+    base = {"registry_uri": registry_uri, "model_name": model_name}
+    assert promote(PromoteConfig(version=v1, decision=decision_none, **base)).outcome == "promoted"
+    racers = [_register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=s).version for s in (2, 3)]
+    decision = make_decision(tmp_path / "d1.json", passed=True, baseline_version=v1)
+
+    barrier = threading.Barrier(len(racers))
+    results: dict[str, object] = {}
+
+    def race(version: str) -> None:
+        config = PromoteConfig(version=version, decision=decision, pipeline_run_id=f"racer-{version}", **base)
+        barrier.wait()
+        try:
+            results[version] = promote(config)
+        except Exception as err:  # reported below, never swallowed
+            results[version] = err
+
+    threads = [threading.Thread(target=race, args=(v,)) for v in racers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    outcomes = sorted(getattr(r, "outcome", repr(r)) for r in results.values())
+    assert outcomes == ["conflict", "promoted"], results
+    winner = next(v for v, r in results.items() if getattr(r, "outcome", None) == "promoted")
+    loser = next(v for v in racers if v != winner)
+    assert results[loser].production_before == winner  # type: ignore[union-attr]
+    registry = open_registry(registry_uri)
+    aliases = registry.aliases(model_name)
+    assert aliases[PRODUCTION] == winner and aliases[PREVIOUS_PRODUCTION] == v1
+    assert registry.get_version(model_name, v1).tags["replaced_by_version"] == winner
+    assert not registry._lock_holder(model_name + ".promotion-lock"), "lock left behind"
