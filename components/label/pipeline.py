@@ -1,0 +1,314 @@
+"""Orchestration of one label run: events -> per-image sides -> aggregate -> policy -> split -> cap -> write."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.label.datacard import render_data_card
+from components.label.policies import class_weights, pairwise_to_binary, score_to_binary, votes_to_binary
+from components.label.split import cap_per_prompt, split_of
+from components.label.step import LabelConfig, LabelResult
+from components.shared import storage
+from components.shared.telemetry import StepTelemetry
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("prompt", pa.string()),
+        ("image_uri", pa.string()),
+        ("image_sha256", pa.string()),
+        ("desirable", pa.bool_()),
+        ("n_events", pa.int64()),
+        ("n_likes", pa.int64()),
+        ("n_dislikes", pa.int64()),
+        ("n_wins", pa.int64()),
+        ("n_losses", pa.int64()),
+        ("n_ties", pa.int64()),
+        ("score", pa.float64()),
+        ("policy", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+EVENT_COLUMNS = [
+    "event_id",
+    "prompt",
+    "image_uri",
+    "image_sha256",
+    "feedback",
+    "score",
+    "other_image_uri",
+    "other_image_sha256",
+    "user_id",
+]
+MAX_EXAMPLES = 3
+
+
+class LabelError(RuntimeError):
+    """The events cannot be labeled as configured; the message says why."""
+
+
+def _examples(table: pa.Table, mask: np.ndarray, columns: list[str]) -> list[dict[str, Any]]:
+    idx = np.flatnonzero(mask)[:MAX_EXAMPLES]
+    return table.select(columns).take(pa.array(idx, pa.int64())).to_pylist() if len(idx) else []
+
+
+def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
+    """One row per (event, image) the policy uses, with that image's contribution; plus a 'used' mask."""
+    fb = events.column("feedback")
+    one = pa.scalar(1, pa.int64())
+    zero = pa.scalar(0, pa.int64())
+
+    def side(mask: pa.Array, uri: str, sha: str, **counts: Any) -> pa.Table:
+        sub = events.filter(mask)
+        n = sub.num_rows
+        cols = {"prompt": sub.column("prompt"), "image_uri": sub.column(uri), "image_sha256": sub.column(sha)}
+        for name in ("like", "dislike", "win", "loss", "tie"):
+            value = counts.get(name, zero)
+            cols[name] = (
+                value.filter(mask)
+                if isinstance(value, (pa.Array, pa.ChunkedArray))
+                else pa.array(np.full(n, value.as_py(), np.int64))
+            )
+        cols["score"] = sub.column("score") if counts.get("score") else pa.nulls(n, pa.float64())
+        return pa.table(cols)
+
+    if policy == "votes":
+        used = pc.is_in(fb, pa.array(["like", "dislike"]))
+        likes = pc.cast(pc.equal(fb, "like"), pa.int64())
+        parts = [side(used, "image_uri", "image_sha256", like=likes, dislike=pc.subtract(one, likes))]
+    elif policy == "pairwise":
+        wins = pc.equal(fb, "pairwise")
+        ties = pc.equal(fb, "pairwise_tie")
+        used = pc.or_(wins, ties)
+        parts = [
+            side(wins, "image_uri", "image_sha256", win=one),
+            side(wins, "other_image_uri", "other_image_sha256", loss=one),
+            side(ties, "image_uri", "image_sha256", tie=one),
+            side(ties, "other_image_uri", "other_image_sha256", tie=one),
+        ]
+    else:
+        used = pc.equal(fb, "score")
+        parts = [side(used, "image_uri", "image_sha256", score=True)]
+    return pa.concat_tables(parts), pc.fill_null(used, False).to_numpy(zero_copy_only=False)
+
+
+def label(config: LabelConfig) -> LabelResult:
+    """Run the label step (see :mod:`components.label.step`)."""
+    telemetry = StepTelemetry("label", run_id=config.run_id, pushgateway=config.pushgateway)
+    log = telemetry.log
+    events_uri = (
+        config.events if config.events.endswith(".parquet") else storage.join(config.events, "events.parquet")
+    )
+    events = storage.read_parquet(events_uri)
+    missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
+    if missing:
+        raise LabelError(f"{events_uri}: not an events.parquet from ingest, missing columns {missing}")
+    events = events.select(EVENT_COLUMNS)
+    dropped: dict[str, int] = defaultdict(int)
+    examples: dict[str, list[dict[str, Any]]] = {}
+    policy = config.policy
+    n_events_in = events.num_rows
+
+    if policy == "user_filter":
+        keep = pc.fill_null(pc.is_in(events.column("user_id"), pa.array(config.user_filter.user_ids)), False)
+        other = ~keep.to_numpy(zero_copy_only=False)
+        if other.any():
+            dropped["events_other_users"] = int(other.sum())
+            examples["events_other_users"] = _examples(events, other, ["prompt", "image_uri", "user_id"])
+        events = events.filter(keep)
+        policy = config.user_filter.then
+
+    sides, used = _sides(events, policy)
+    unused = ~used
+    if unused.any():
+        fb = events.column("feedback").to_numpy(zero_copy_only=False)
+        for kind in np.unique(fb[unused]):
+            drop_reason = (
+                "events_pairwise_unlabeled"
+                if kind == "pairwise_unlabeled"
+                else f"events_{kind}_not_used_by_{policy}"
+            )
+            mask = unused & (fb == kind)
+            dropped[drop_reason] += int(mask.sum())
+            examples[drop_reason] = _examples(events, mask, ["prompt", "image_uri", "feedback"])
+
+    # One image = one (prompt, image) pair; identical bytes under several URIs are one image (by SHA-256).
+    key = pc.coalesce(sides.column("image_sha256"), sides.column("image_uri"))
+    sides = sides.append_column("key", key)
+    agg = sides.group_by(["prompt", "key"], use_threads=False).aggregate(
+        [
+            ("like", "sum"),
+            ("dislike", "sum"),
+            ("win", "sum"),
+            ("loss", "sum"),
+            ("tie", "sum"),
+            ("score", "mean"),
+            ("image_uri", "min"),
+            ("image_sha256", "min"),
+            ("key", "count"),
+        ]
+    )
+    likes = agg.column("like_sum").to_numpy()
+    dislikes = agg.column("dislike_sum").to_numpy()
+    wins = agg.column("win_sum").to_numpy()
+    losses = agg.column("loss_sum").to_numpy()
+    ties = agg.column("tie_sum").to_numpy()
+    scores = agg.column("score_mean").to_numpy(zero_copy_only=False).astype(float)
+    thresholds: dict[str, float] = {}
+    settings: dict[str, Any]
+    if policy == "votes":
+        desirable, reason = votes_to_binary(likes, dislikes, config.votes)
+        settings = config.votes.model_dump()
+    elif policy == "pairwise":
+        desirable, reason = pairwise_to_binary(wins, losses, ties, config.pairwise)
+        settings = config.pairwise.model_dump()
+    else:
+        desirable, reason, high, low = score_to_binary(scores, config.score_threshold)
+        thresholds = {"desirable_at_or_above": high, "undesirable_below": low}
+        settings = config.score_threshold.model_dump()
+    if config.policy == "user_filter":
+        settings = {"user_ids": config.user_filter.user_ids, "then": policy, policy: settings}
+
+    shas = agg.column("image_sha256_min").to_pylist()
+    uris = agg.column("image_uri_min").to_pylist()
+    sample_ids = pa.array(
+        [s if s else hashlib.sha256(u.encode()).hexdigest() for s, u in zip(shas, uris, strict=True)],
+        pa.string(),
+    )
+    n_events = agg.column("key_count").to_numpy()
+    labeled = reason == ""
+    if config.max_images_per_prompt is not None and labeled.any():
+        idx = np.flatnonzero(labeled)
+        keep = cap_per_prompt(
+            agg.column("prompt").take(pa.array(idx)),
+            n_events[idx],
+            sample_ids.take(pa.array(idx)),
+            config.max_images_per_prompt,
+        )
+        reason[idx[~keep]] = "images_over_max_per_prompt"
+        labeled = reason == ""
+    agg_view = pa.table(
+        {
+            "prompt": agg.column("prompt"),
+            "image_uri": agg.column("image_uri_min"),
+            "n_likes": likes,
+            "n_dislikes": dislikes,
+            "n_wins": wins,
+            "n_losses": losses,
+            "n_ties": ties,
+            "score": scores,
+        }
+    )
+    for r in sorted(set(reason[~labeled])):
+        mask = reason == r
+        dropped[r] += int(mask.sum())
+        examples[r] = _examples(agg_view, mask, agg_view.column_names)
+
+    split = split_of(agg.column("prompt").combine_chunks(), config.val_fraction, config.split_salt)
+    samples = pa.table(
+        {
+            "sample_id": sample_ids,
+            "prompt": agg.column("prompt"),
+            "image_uri": agg.column("image_uri_min"),
+            "image_sha256": agg.column("image_sha256_min"),
+            "desirable": pa.array(desirable.astype(bool)),
+            "n_events": pa.array(n_events.astype(np.int64)),
+            "n_likes": pa.array(likes.astype(np.int64)),
+            "n_dislikes": pa.array(dislikes.astype(np.int64)),
+            "n_wins": pa.array(wins.astype(np.int64)),
+            "n_losses": pa.array(losses.astype(np.int64)),
+            "n_ties": pa.array(ties.astype(np.int64)),
+            "score": pa.array(scores, pa.float64(), from_pandas=True),
+            "policy": pa.array(np.full(len(agg), config.policy, dtype=object), pa.string()),
+            "split": pa.array(split, pa.string()),
+        },
+        schema=SAMPLES_SCHEMA,
+    ).filter(pa.array(labeled))
+    samples = samples.sort_by([("split", "ascending"), ("prompt", "ascending"), ("sample_id", "ascending")])
+    train = samples.filter(pc.equal(samples.column("split"), "train"))
+    val = samples.filter(pc.equal(samples.column("split"), "val"))
+
+    def counts(t: pa.Table) -> dict[str, int]:
+        d = int(pc.sum(t.column("desirable")).as_py() or 0)
+        return {"desirable": d, "undesirable": t.num_rows - d}
+
+    train_counts, val_counts = counts(train), counts(val)
+    w_d, w_u = class_weights(
+        train_counts["desirable"], train_counts["undesirable"], config.desirable_ratio_range
+    )
+    warnings = []
+    if min(train_counts.values()) == 0:
+        warnings.append(
+            f"train has {train_counts['desirable']} desirable and {train_counts['undesirable']} undesirable images; "
+            "Diffusion-KTO needs both classes to learn a preference"
+        )
+    out = config.output_dir
+    train_uri, val_uri = storage.join(out, "train.parquet"), storage.join(out, "val.parquet")
+    stats_uri, card_uri = storage.join(out, "stats.json"), storage.join(out, "data_card.md")
+    stats: dict[str, Any] = {
+        "policy": config.policy,
+        "policy_settings": settings,
+        "train": train_counts,
+        "val": val_counts,
+        "dropped_by_reason": dict(sorted(dropped.items())),
+        "desirable_weight": w_d,
+        "undesirable_weight": w_u,
+        "weighted_ratio": (w_d * train_counts["desirable"]) / (w_u * train_counts["undesirable"])
+        if train_counts["undesirable"]
+        else None,
+        "desirable_ratio_range": list(config.desirable_ratio_range),
+        "thresholds": thresholds,
+        "events_read": n_events_in,
+        "images_considered": len(agg),
+        "train_prompts": int(pc.count_distinct(train.column("prompt")).as_py()),
+        "val_prompts": int(pc.count_distinct(val.column("prompt")).as_py()),
+        "val_fraction": config.val_fraction,
+        "split_salt": config.split_salt,
+        "max_images_per_prompt": config.max_images_per_prompt,
+        "events_uri": events_uri,
+        "warnings": warnings,
+        "config_hash": config.config_hash(),
+    }
+    storage.write_parquet(train, train_uri)
+    storage.write_parquet(val, val_uri)
+    storage.write_json(stats_uri, stats)
+    storage.write_text(card_uri, render_data_card(stats, examples))
+
+    gauge = telemetry.gauge("samples", "Labeled images per split and class", ("split", "label"))
+    for split_name, c in (("train", train_counts), ("val", val_counts)):
+        for cls, v in c.items():
+            gauge.labels(split=split_name, label=cls).set(v)
+    dropped_c = telemetry.counter("dropped_total", "Events or images not used, by reason", ("reason",))
+    for r, v in dropped.items():
+        dropped_c.labels(reason=r).inc(v)
+    telemetry.gauge("desirable_weight", "λ_D for the trainer").set(w_d)
+    telemetry.gauge("undesirable_weight", "λ_U for the trainer").set(w_u)
+    telemetry.push()
+    for w in warnings:
+        log.warning(w)
+    log.info(
+        "label (%s): train %s, val %s, dropped %s -> %s",
+        config.policy,
+        train_counts,
+        val_counts,
+        dict(dropped),
+        out,
+    )
+    return LabelResult(
+        train_uri=train_uri,
+        val_uri=val_uri,
+        stats_uri=stats_uri,
+        data_card_uri=card_uri,
+        policy=config.policy,
+        train=train_counts,
+        val=val_counts,
+        dropped_by_reason=dict(sorted(dropped.items())),
+        desirable_weight=w_d,
+        undesirable_weight=w_u,
+    )

@@ -1,0 +1,45 @@
+"""Prompt-level, hash-stable train/val split and the per-prompt image cap."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def prompt_in_val(prompt: str, val_fraction: float, salt: str) -> bool:
+    """True if ``prompt`` belongs to val: the first 8 bytes of sha256(salt, prompt) as a fraction of 2^64.
+
+    Depends on nothing but the prompt text and the salt, so a prompt stays on its side across runs and
+    as data grows, and no prompt is ever in both splits.
+    """
+    digest = hashlib.sha256(f"{salt}\x1f{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction
+
+
+def split_of(prompts: pa.Array, val_fraction: float, salt: str) -> np.ndarray:
+    """'train'/'val' per row; each distinct prompt is hashed once."""
+    unique = pc.unique(prompts)
+    is_val = np.array([prompt_in_val(p, val_fraction, salt) for p in unique.to_pylist()], dtype=bool)
+    index = pc.index_in(prompts, unique).to_numpy()
+    return np.where(is_val[index], "val", "train").astype(object)
+
+
+def cap_per_prompt(
+    prompts: pa.Array, n_events: np.ndarray, sample_ids: pa.Array, max_images: int
+) -> np.ndarray:
+    """Mask keeping at most ``max_images`` images per prompt: most feedback first, then by sample id."""
+    n = len(prompts)
+    order = pa.table(
+        {"p": prompts, "e": pa.array(-n_events), "s": sample_ids, "i": pa.array(np.arange(n))}
+    ).sort_by([("p", "ascending"), ("e", "ascending"), ("s", "ascending")])
+    p_sorted = order.column("p").combine_chunks()
+    idx = order.column("i").to_numpy()
+    codes = pc.index_in(p_sorted, pc.unique(p_sorted)).to_numpy()
+    starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1]
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    keep = np.zeros(n, dtype=bool)
+    keep[idx[rank < max_images]] = True
+    return keep
