@@ -268,8 +268,14 @@ def kfp_components(path: Path) -> list[tuple[str, object]]:
     return [
         (attribute, value)
         for attribute, value in vars(module).items()
-        if isinstance(value, BaseComponent) and getattr(value, "__module__", module_name) == module_name
+        if isinstance(value, BaseComponent) and defined_in(value) in (module_name, None)
     ]
+
+
+def defined_in(component: object) -> str | None:
+    """The module a Python component's function was written in (KFP's wrapper object reports its own)."""
+    python_func = getattr(component, "python_func", None)
+    return getattr(python_func, "__module__", None)
 
 
 def component_image(component: object) -> str | None:
