@@ -116,7 +116,9 @@ def accelerate_command(
 def node_command(strategy: str, config_uri: str, result_uri: str) -> list[str]:
     """The command each TrainJob node runs: accelerate with the rendezvous the torch plugin injects."""
     config_file = (
-        f"$(python -c 'import components.train.launcher as l; print(l.accelerate_config_file({strategy!r}))')"
+        # The path inside the node's image: only there is the package's install location known.
+        '"$(python -c "import components.train.launcher as l; '
+        f"print(l.accelerate_config_file('{strategy}'))\")\""
     )
     script = (
         "set -euo pipefail; "
@@ -277,7 +279,7 @@ def trainjob_request(config_uri: str, result_uri: str, plan: LaunchPlan, *, job_
         resources_per_node={
             "cpu": plan.cpu_per_node,
             "memory": plan.memory_per_node,
-            "gpu": plan.gpus_per_node,
+            "gpu": str(plan.gpus_per_node),
         },
         command=node_command(plan.strategy, config_uri, result_uri),
         env=env,

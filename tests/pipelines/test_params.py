@@ -1,0 +1,66 @@
+"""PipelineParams from one YAML file, and KFP cron validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.shared.config import ConfigError
+from pipelines.commands import localize
+from pipelines.params import PipelineParams, load_params, validate_cron
+
+
+def test_load_from_yaml_with_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "feedback_sources: [data/feedback.jsonl]\nbase_model: models/tiny\nbeta: 1000\n"
+        "train_options: {lora_rank: 4}\n"
+    )
+    params = load_params(str(path), ["max_steps=2", "gate_floors={pickscore: 0.1}"])
+    assert params.beta == 1000
+    assert params.max_steps == 2
+    assert params.train_options == {"lora_rank": 4}
+    assert params.gate_floors == {"pickscore": 0.1}
+    args = params.pipeline_arguments()
+    assert args["feedback_sources"] == ["data/feedback.jsonl"]
+    assert set(args) == set(PipelineParams.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("gate_primary_metric=hps", "not among the scorers"),
+        ("num_nodes=2", "multi-node is GPU-only"),
+        ("registry_uri=postgres://db", "must be sqlite:///path.db or http"),
+        ("objective=ppo", "objective"),
+        ("bogus=1", "bogus"),
+    ],
+)
+def test_invalid_params_name_the_field(override: str, message: str) -> None:
+    base = ["feedback_sources=[a.jsonl]", "base_model=m"]
+    extra = ["gpus_per_node=0"] if override.startswith("num_nodes") else []
+    with pytest.raises(ConfigError, match=message):
+        load_params(None, [*base, *extra, override])
+
+
+def test_localize_makes_local_roots_and_sqlite_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = load_params(None, ["feedback_sources=[a.jsonl]", "base_model=m", "checkpoint_root=gs://b/ckpt"])
+    local = localize(params)
+    assert local.outputs_root == str(tmp_path / "outputs")
+    assert local.checkpoint_root == "gs://b/ckpt"
+    assert local.registry_uri == f"sqlite:///{tmp_path}/outputs/registry.db"
+
+
+@pytest.mark.parametrize("cron", ["0 0 3 * * *", "0 */30 * * * *", "0 0 3 * * MON-FRI"])
+def test_valid_cron(cron: str) -> None:
+    assert validate_cron(cron) == cron
+
+
+@pytest.mark.parametrize("cron", ["0 3 * * *", "0 0 3 * * * *", "0 0 3 * * ;rm"])
+def test_invalid_cron(cron: str) -> None:
+    with pytest.raises(ConfigError, match="cron"):
+        validate_cron(cron)
