@@ -34,7 +34,9 @@ log = get_logger("train.launcher")
 
 Strategy = Literal["ddp", "fsdp", "deepspeed_zero2"]
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "deepspeed_zero2")
-DEFAULT_RUNTIME = "torch-distributed"
+# The namespaced TrainingRuntime of k8s/base/training-runtime.yaml (the stock one is "torch-distributed").
+DEFAULT_RUNTIME = "dkto-torch-distributed"
+DEFAULT_RUNTIME_KIND = "TrainingRuntime"
 CONFIG_FILE = "train_config.yaml"
 RESULT_FILE = "train_result.json"
 
@@ -51,6 +53,7 @@ class LaunchPlan:
     num_nodes: int = 1
     strategy: str = "ddp"
     runtime: str = DEFAULT_RUNTIME
+    runtime_kind: str = DEFAULT_RUNTIME_KIND
     image: str | None = None
     namespace: str | None = None
     cpu_per_node: str = "16"
@@ -113,8 +116,14 @@ def accelerate_command(
     ]
 
 
-def node_command(strategy: str, config_uri: str, result_uri: str) -> list[str]:
-    """The command each TrainJob node runs: accelerate with the rendezvous the torch plugin injects."""
+def node_command(
+    strategy: str, config_uri: str, result_uri: str, *, num_nodes: int, gpus_per_node: int
+) -> list[str]:
+    """The command each TrainJob node runs: accelerate with the rank and rendezvous the torch plugin injects.
+
+    The world size is fixed from the plan rather than read from ``PET_NPROC_PER_NODE``, which a runtime
+    may leave at ``auto``.
+    """
     config_file = (
         # The path inside the node's image: only there is the package's install location known.
         '"$(python -c "import components.train.launcher as l; '
@@ -124,8 +133,8 @@ def node_command(strategy: str, config_uri: str, result_uri: str) -> list[str]:
         "set -euo pipefail; "
         "exec accelerate launch "
         f"--config_file {config_file} "
-        '--num_machines "$PET_NNODES" '
-        '--num_processes "$((PET_NNODES * PET_NPROC_PER_NODE))" '
+        f"--num_machines {num_nodes} "
+        f"--num_processes {num_nodes * gpus_per_node} "
         '--machine_rank "$PET_NODE_RANK" '
         '--main_process_ip "$PET_MASTER_ADDR" '
         '--main_process_port "$PET_MASTER_PORT" '
@@ -194,6 +203,7 @@ class TrainJobRequest:
 
     name: str
     runtime: str
+    runtime_kind: str
     image: str
     num_nodes: int
     resources_per_node: dict[str, Any]
@@ -201,6 +211,7 @@ class TrainJobRequest:
     env: dict[str, str]
     labels: dict[str, str]
     active_deadline_seconds: int
+    num_proc_per_node: int = 1
 
     def trainer(self) -> Any:
         """The ``kubeflow.trainer.CustomTrainerContainer`` of this job."""
@@ -224,7 +235,7 @@ class TrainJobRequest:
             ActiveDeadlineSeconds(seconds=self.active_deadline_seconds),
         ]
 
-    def manifest(self, runtime_kind: str = "ClusterTrainingRuntime") -> dict[str, Any]:
+    def manifest(self) -> dict[str, Any]:
         """The TrainJob custom resource as a dict, built with the SDK's own models and trainer builder.
 
         This is what ``TrainerClient.train`` sends for this request (it looks the runtime up on the
@@ -240,10 +251,11 @@ class TrainJobRequest:
             trainer=types.RuntimeTrainer(
                 trainer_type=types.TrainerType.CUSTOM_TRAINER, framework="torch", image=self.image
             ),
-            kind=types.RuntimeKind(runtime_kind),
+            kind=types.RuntimeKind(self.runtime_kind),
         )
         trainer_cr = utils.get_trainer_cr_from_custom_trainer(runtime, self.trainer())
         trainer_cr.command = list(self.command)
+        trainer_cr.num_proc_per_node = self.num_proc_per_node
         job = models.TrainerV1alpha1TrainJob(
             apiVersion=constants.API_VERSION,
             kind=constants.TRAINJOB_KIND,
@@ -274,6 +286,7 @@ def trainjob_request(config_uri: str, result_uri: str, plan: LaunchPlan, *, job_
     return TrainJobRequest(
         name=job_name,
         runtime=plan.runtime,
+        runtime_kind=plan.runtime_kind,
         image=plan.image or TRAINER_IMAGE,
         num_nodes=plan.num_nodes,
         resources_per_node={
@@ -281,13 +294,16 @@ def trainjob_request(config_uri: str, result_uri: str, plan: LaunchPlan, *, job_
             "memory": plan.memory_per_node,
             "gpu": str(plan.gpus_per_node),
         },
-        command=node_command(plan.strategy, config_uri, result_uri),
+        command=node_command(
+            plan.strategy, config_uri, result_uri, num_nodes=plan.num_nodes, gpus_per_node=plan.gpus_per_node
+        ),
         env=env,
         labels={
             "app.kubernetes.io/part-of": "diffusion-kto-pipelines",
             "dkto/run-id": _label(env["DKTO_RUN_ID"]),
         },
         active_deadline_seconds=plan.timeout_s,
+        num_proc_per_node=plan.gpus_per_node,
     )
 
 

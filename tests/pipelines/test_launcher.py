@@ -77,10 +77,11 @@ def test_trainjob_spec_for_two_nodes_of_eight_gpus(monkeypatch: pytest.MonkeyPat
     assert manifest["metadata"]["name"] == "dkto-abc123"
     assert manifest["metadata"]["labels"]["dkto/run-id"] == "run-1234"
     spec = manifest["spec"]
-    assert spec["runtimeRef"] == {"name": "torch-distributed", "kind": "ClusterTrainingRuntime"}
+    assert spec["runtimeRef"] == {"name": "dkto-torch-distributed", "kind": "TrainingRuntime"}
     assert spec["activeDeadlineSeconds"] == plan.timeout_s
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 2
+    assert trainer["numProcPerNode"] == 8
     assert trainer["image"] == TRAINER_IMAGE
     limits = trainer["resourcesPerNode"]["limits"]
     assert limits["nvidia.com/gpu"] == "8"
@@ -91,12 +92,12 @@ def test_trainjob_spec_for_two_nodes_of_eight_gpus(monkeypatch: pytest.MonkeyPat
     script = trainer["command"][-1]
     assert trainer["command"][:2] == ["bash", "-c"]
     for flag in (
-        '--num_machines "$PET_NNODES"',
+        "--num_machines 2 ",
+        "--num_processes 16 ",
         '--machine_rank "$PET_NODE_RANK"',
         '--main_process_ip "$PET_MASTER_ADDR"',
     ):
         assert flag in script
-    assert "$((PET_NNODES * PET_NPROC_PER_NODE))" in script
     assert "fsdp" in script
     assert "-m components.train --config gs://bucket/ckpt/run-1234/train/train_config.yaml" in script
     # The same request drives TrainerClient.train: the trainer object and its options.
@@ -138,7 +139,9 @@ def test_node_command_resolves_under_bash(tmp_path) -> None:
         "PET_MASTER_ADDR": "10.0.0.1",
         "PET_MASTER_PORT": "29500",
     }
-    command = node_command("deepspeed_zero2", "gs://b/cfg.yaml", "gs://b/res.json")
+    command = node_command(
+        "deepspeed_zero2", "gs://b/cfg.yaml", "gs://b/res.json", num_nodes=2, gpus_per_node=8
+    )
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()
     config_file = out[out.index("--config_file") + 1]
     assert Path(config_file).name == "deepspeed_zero2.yaml" and Path(config_file).exists()
