@@ -121,7 +121,7 @@ class GateDecision(BaseModel):
     reasons: list[str]
     primary_metric: str
     n_prompts: int
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, Any]]
 
 
 # ---------------------------------------------------------------- statistics
@@ -337,8 +337,5 @@ def _decide(
         reasons=reasons,
         primary_metric=primary,
         n_prompts=n_prompts,
-        metrics={
-            name: {k: v for k, v in mc.model_dump().items() if k not in ("higher_is_better", "n_prompts")}
-            for name, mc in metrics.items()
-        },
+        metrics={name: mc.model_dump() for name, mc in metrics.items()},
     )

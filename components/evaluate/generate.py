@@ -170,10 +170,12 @@ def generate_images(
     progress: bool = True,
     pipeline: Any = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
+    image_dir: str = "images",
 ) -> list[GeneratedImage]:
     """Generate ``images_per_prompt`` images per prompt with ``model``, write PNGs and ``index.parquet``.
 
-    ``pipeline`` may be given pre-loaded (benchmarks); otherwise it is loaded with
+    PNGs go to ``out/<image_dir>/`` (``image_dir=""``: directly under ``out``). ``pipeline`` may be given
+    pre-loaded (benchmarks); otherwise it is loaded with
     ``components.shared.models.load_pipeline`` (diffusers directories and LoRA outputs, local or gs://).
     """
     import numpy as np
@@ -210,10 +212,7 @@ def generate_images(
             seeds = [image_seed(seed, p, i) for p, i in batch]
             # Initial noise on the CPU, one generator per image: identical across models, devices, batches.
             latents = torch.stack(
-                [
-                    torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(s))
-                    for s in seeds
-                ]
+                [torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
             ).to(device=device, dtype=torch_dtype)
             # Stochastic samplers (ancestral, SDE) also draw noise per step: seed that per image too.
             generators = [torch.Generator("cpu").manual_seed(s ^ 0x5EED) for s in seeds]
@@ -230,7 +229,8 @@ def generate_images(
             arrays = np.asarray(output.images)
             for (p, i), s, array in zip(batch, seeds, arrays, strict=True):
                 image = Image.fromarray((np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8))
-                path = storage.join(out, "images", f"p{p:05d}_i{i:02d}.png")
+                name = f"p{p:05d}_i{i:02d}.png"
+                path = storage.join(out, image_dir, name) if image_dir else storage.join(out, name)
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
                 storage.write_bytes(path, buf.getvalue())

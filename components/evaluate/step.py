@@ -88,7 +88,9 @@ class EvaluateConfig(StepConfig):
         description="Generation precision: 'auto' (bf16 on GPUs that support it, else fp16; fp32 on "
         "CPU), 'bf16', 'fp16' or 'fp32'.",
     )
-    gate: GatePolicy = Field(default_factory=lambda: GatePolicy.model_validate({}), description="The metric gate's thresholds.")
+    gate: GatePolicy = Field(
+        default_factory=lambda: GatePolicy.model_validate({}), description="The metric gate's thresholds."
+    )
     report_top_k: int = Field(
         4, ge=0, description="Prompts with the largest gains (and losses) shown side by side in the report."
     )
@@ -148,12 +150,243 @@ class EvaluateResult(BaseModel):
 
 def run(config: EvaluateConfig) -> EvaluateResult:
     """Generate, score, compare and gate; write the artifacts. Failures become a failed decision."""
-    raise NotImplementedError("evaluate.run is being written (issue 4)")
+    import pandas as pd
+
+    from components.evaluate import gate as gate_lib
+    from components.evaluate.generate import generate_images, load_prompts, resolve_device
+    from components.evaluate.report import render_report
+
+    started = time.perf_counter()
+    telemetry = StepTelemetry("evaluate", run_id=config.run_id, pushgateway=config.pushgateway)
+    log = telemetry.log
+    out = config.output_dir
+    prompts = load_prompts(config.prompts, config.max_prompts)
+    device = resolve_device(config.device)
+    log.info(
+        "evaluating %s against %s on %d prompts x %d images (%s)",
+        config.candidate_model,
+        config.baseline_model,
+        len(prompts),
+        config.images_per_prompt,
+        device,
+    )
+
+    # 1. Generation: same prompts, same per-image noise, one model at a time (memory).
+    generated: dict[str, list[Any]] = {}
+    model_errors: dict[str, str] = {}
+    images_total = telemetry.counter("images_generated_total", "Images generated", ("model",))
+    phase_seconds = telemetry.gauge("phase_duration_seconds", "Wall time of each phase", ("phase",))
+    for role, model in (("candidate", config.candidate_model), ("baseline", config.baseline_model)):
+        t0 = time.perf_counter()
+        try:
+            generated[role] = generate_images(
+                model,
+                prompts,
+                storage.join(out, "images", role),
+                images_per_prompt=config.images_per_prompt,
+                seed=config.seed,
+                num_inference_steps=config.num_inference_steps,
+                guidance_scale=config.guidance_scale,
+                scheduler=config.scheduler,
+                resolution=config.resolution,
+                batch_size=config.generation_batch_size,
+                device=device,
+                dtype=config.dtype,
+                model_id=model,
+                image_dir="",
+            )
+            images_total.labels(model=role).inc(len(generated[role]))
+        except Exception as err:
+            model_errors[role] = f"{model}: {type(err).__name__}: {err}"
+            log.error("%s model could not generate: %s", role, model_errors[role])
+        finally:
+            _free_accelerator_memory()
+        phase_seconds.labels(phase=f"generate_{role}").set(time.perf_counter() - t0)
+
+    # 2. Scoring: every image of both models with every scorer; a scorer failure is recorded, not raised.
+    rows: list[dict[str, Any]] = [
+        {
+            "model": role,
+            "model_id": item.model_id,
+            "prompt": item.prompt,
+            "prompt_index": item.prompt_index,
+            "image_index": item.image_index,
+            "seed": item.seed,
+            "image_path": item.image_path,
+        }
+        for role in ("candidate", "baseline")
+        for item in generated.get(role, [])
+    ]
+    scores = pd.DataFrame(
+        rows,
+        columns=["model", "model_id", "prompt", "prompt_index", "image_index", "seed", "image_path"],
+    )
+    scorer_errors: dict[str, str] = {}
+    directions: dict[str, bool] = {}
+    scored: list[str] = []
+    if not model_errors:
+        t0 = time.perf_counter()
+        from components.evaluate.generate import read_image
+
+        images = [read_image(path) for path in scores["image_path"]]
+        image_prompts = scores["prompt"].tolist()
+        for name in config.scorers:
+            try:
+                from components.evaluate.scorers.base import get_scorer
+
+                scorer = get_scorer(
+                    name,
+                    model_path=config.scorer_models.get(name),
+                    device=device,
+                    batch_size=config.scorer_batch_size,
+                )
+                values = scorer.score(images, image_prompts)
+                if len(values) != len(images):
+                    raise ValueError(f"returned {len(values)} scores for {len(images)} images")
+                scores[name] = [float(v) for v in values]
+                directions[name] = bool(getattr(scorer, "higher_is_better", True))
+                scored.append(name)
+                del scorer
+            except Exception as err:
+                scorer_errors[name] = f"{type(err).__name__}: {err}"
+                log.error("scorer %s failed: %s", name, scorer_errors[name])
+            finally:
+                _free_accelerator_memory()
+        phase_seconds.labels(phase="score").set(time.perf_counter() - t0)
+
+    # 3. Comparison and decision (pure; never raises).
+    comparison = None
+    if not model_errors and scored:
+        try:
+            comparison = gate_lib.compare(scores, scored, config.gate, directions)
+        except Exception as err:
+            scorer_errors.setdefault("comparison", f"{type(err).__name__}: {err}")
+    verdict = gate_lib.decide(
+        config.gate,
+        comparison,
+        scorer_errors=scorer_errors,
+        candidate_error=model_errors.get("candidate"),
+        baseline_error=model_errors.get("baseline"),
+    )
+    decision: dict[str, Any] = {
+        "passed": verdict.passed,
+        "reasons": verdict.reasons,
+        "primary_metric": verdict.primary_metric,
+        "n_prompts": verdict.n_prompts,
+        "candidate_model": config.candidate_model,
+        "baseline_model": config.baseline_model,
+        "baseline_version": config.baseline_version,
+        "metrics": verdict.metrics,
+        "created_at": _utc_now(),
+        "images_per_prompt": config.images_per_prompt,
+        "seed": config.seed,
+        "scorer_errors": scorer_errors,
+        "config_hash": config.config_hash(),
+    }
+    flat = flat_metrics(verdict.metrics, verdict.passed, verdict.n_prompts)
+
+    # 4. Artifacts.
+    paths = {
+        "scores": storage.join(out, "scores.parquet"),
+        "decision": storage.join(out, "decision.json"),
+        "metrics": storage.join(out, "metrics.json"),
+        "report": storage.join(out, "report.html"),
+    }
+    storage.write_parquet(scores, paths["scores"])
+    storage.write_json(paths["decision"], decision)
+    storage.write_json(paths["metrics"], flat)
+    storage.write_text(storage.join(out, "evaluate_config.yaml"), config.to_yaml())
+    per_prompt = comparison.per_prompt_diff.get(config.gate.primary_metric) if comparison else None
+    html_text = render_report(
+        decision,
+        scores,
+        per_prompt,
+        top_k=config.report_top_k,
+        gate_roles=gate_roles(config.gate),
+        settings={
+            "images per prompt": config.images_per_prompt,
+            "seed": config.seed,
+            "sampler": f"{config.scheduler}, {config.num_inference_steps} steps, CFG {config.guidance_scale}",
+            "resolution": config.resolution or "model default",
+            "min prompts": config.gate.min_prompts,
+            "min win-rate CI low": config.gate.min_win_rate_ci_low,
+            "config hash": config.config_hash(),
+        },
+    )
+    storage.write_text(paths["report"], html_text)
+
+    # 5. Telemetry.
+    metric_mean = telemetry.gauge("metric_mean", "Mean score per metric and model", ("metric", "model"))
+    win_rate = telemetry.gauge("win_rate_ratio", "Candidate win rate per metric", ("metric",))
+    for name, m in verdict.metrics.items():
+        for role in ("candidate", "baseline"):
+            value = m.get(f"{role}_mean")
+            if value is not None and math.isfinite(float(value)):
+                metric_mean.labels(metric=name, model=role).set(float(value))
+        if m.get("win_rate") is not None and math.isfinite(float(m["win_rate"])):
+            win_rate.labels(metric=name).set(float(m["win_rate"]))
+    telemetry.gauge("gate_passed", "1 if the candidate passed the gate, else 0").set(
+        1.0 if verdict.passed else 0.0
+    )
+    telemetry.gauge("prompts_compared", "Prompts compared").set(verdict.n_prompts)
+    duration = time.perf_counter() - started
+    phase_seconds.labels(phase="total").set(duration)
+    telemetry.push()
+    log.info("gate %s: %s", "PASSED" if verdict.passed else "FAILED", "; ".join(verdict.reasons))
+    return EvaluateResult(
+        passed=verdict.passed,
+        reasons=verdict.reasons,
+        n_prompts=verdict.n_prompts,
+        n_images=len(scores),
+        metrics=flat,
+        decision_path=paths["decision"],
+        scores_path=paths["scores"],
+        report_path=paths["report"],
+        metrics_path=paths["metrics"],
+        duration_s=duration,
+    )
+
+
+def flat_metrics(metrics: dict[str, dict[str, Any]], passed: bool, n_prompts: int) -> dict[str, float]:
+    """metrics.json: ``{metric}_{statistic}`` -> float, plus ``gate_passed`` and ``n_prompts``.
+
+    Non-finite values are left out (JSON has no NaN, and KFP Metrics rejects it); decision.json keeps them.
+    """
+    flat: dict[str, float] = {"gate_passed": 1.0 if passed else 0.0, "n_prompts": float(n_prompts)}
+    for name, stats in metrics.items():
+        for key, value in stats.items():
+            if key in ("higher_is_better", "n_prompts") or value is None:
+                continue
+            if math.isfinite(float(value)):
+                flat[f"{name}_{key}"] = float(value)
+    return flat
+
+
+def gate_roles(policy: GatePolicy) -> dict[str, str]:
+    """A short label per metric saying what the gate does with it (shown in the report's table)."""
+    roles: dict[str, list[str]] = {}
+    roles.setdefault(policy.primary_metric, []).append(
+        f"primary: win-rate CI low > {policy.min_win_rate_ci_low:.0%}"
+    )
+    for name, limit in policy.max_regression.items():
+        roles.setdefault(name, []).append(f"max drop {limit:g}")
+    for name, floor in policy.floors.items():
+        roles.setdefault(name, []).append(f"floor {floor:g}")
+    return {name: "; ".join(labels) for name, labels in roles.items()}
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing memory is best effort
+        pass
 
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def _unused(*_: Any) -> None:  # pragma: no cover - placeholder to keep imports while run() is written
-    _ = (math, time, storage, StepTelemetry)

@@ -1,0 +1,232 @@
+"""The evaluation report: one self-contained HTML page for the person deciding whether to ship.
+
+The first line is the decision (large, green for ship, red for do not ship) with the main reason; then
+the gate's reasons, a table of every metric with its 95% CIs, and side-by-side candidate vs baseline images
+for the prompts where the primary metric gained and lost the most. Images are embedded as base64 PNG, so
+the file can be mailed, attached to a KFP run or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from typing import Any
+
+from components.shared import storage
+
+_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; margin: 0;
+       color: #1d2330; background: #f6f7f9; }
+main { max-width: 1140px; margin: 0 auto; padding: 0 24px 40px; }
+.banner { padding: 22px 28px; color: #fff; }
+.banner.pass { background: #1a7f37; } .banner.fail { background: #c62828; }
+.banner h1 { margin: 0; font-size: 34px; letter-spacing: .2px; }
+.banner p { margin: 6px 0 0; font-size: 17px; opacity: .95; }
+.meta { margin: 16px 0 0; color: #4a5263; font-size: 14px; line-height: 1.6; }
+.meta code { background: #e9ecf1; padding: 1px 5px; border-radius: 3px; }
+h2 { font-size: 20px; margin: 28px 0 10px; }
+ul.reasons { margin: 0; padding-left: 20px; font-size: 15px; line-height: 1.55; }
+ul.reasons li.fail { color: #b71c1c; } ul.reasons li.pass { color: #1a7f37; }
+table.metrics { border-collapse: collapse; width: 100%; background: #fff; font-size: 14px;
+                box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+table.metrics th, table.metrics td { padding: 8px 10px; border-bottom: 1px solid #e3e6eb; text-align: right; }
+table.metrics th { background: #eef0f4; font-weight: 600; }
+table.metrics td:first-child, table.metrics th:first-child { text-align: left; }
+.ci { color: #6b7385; font-size: 12px; white-space: nowrap; }
+.good { color: #1a7f37; font-weight: 600; } .bad { color: #c62828; font-weight: 600; }
+.tag { display: inline-block; font-size: 11px; padding: 1px 6px; border-radius: 8px; background: #dde3ee;
+       margin-left: 6px; color: #2d3a55; }
+.prompt { background: #fff; margin: 0 0 14px; padding: 12px 14px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+.prompt h3 { margin: 0 0 8px; font-size: 15px; font-weight: 600; }
+.prompt h3 .delta { float: right; }
+.pair { display: flex; gap: 18px; flex-wrap: wrap; }
+.side { flex: 1; min-width: 300px; }
+.side .label { font-size: 12px; text-transform: uppercase; letter-spacing: .6px; color: #6b7385; margin-bottom: 4px; }
+.row { display: flex; gap: 6px; flex-wrap: wrap; }
+figure { margin: 0; text-align: center; font-size: 12px; color: #4a5263; }
+figure img { width: 112px; height: 112px; image-rendering: pixelated; border: 1px solid #d5d9e0; display: block; }
+figure.median img { border: 2px solid #3558c8; }
+.note { color: #6b7385; font-size: 13px; }
+"""
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(value):
+        return "NaN"
+    return f"{value:.{digits}g}"
+
+
+def _pct(x: Any) -> str:
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return "—"
+    return "NaN" if not math.isfinite(value) else f"{value:.1%}"
+
+
+def _png_data_uri(uri: str) -> str:
+    try:
+        data = storage.read_bytes(uri)
+    except Exception:
+        return ""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def render_report(
+    decision: dict[str, Any],
+    scores: Any = None,
+    per_prompt_diff: dict[int, float] | None = None,
+    *,
+    top_k: int = 4,
+    gate_roles: dict[str, str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> str:
+    """The report as one HTML string.
+
+    ``decision`` is decision.json's content; ``scores`` the per-image table (pandas DataFrame with
+    ``model``, ``prompt``, ``prompt_index``, ``image_index``, ``image_path`` and metric columns);
+    ``per_prompt_diff`` the primary metric's mean paired difference per prompt index (picks the gains and
+    losses shown); ``gate_roles`` a short label per metric (primary, max drop, floor).
+    """
+    passed = bool(decision.get("passed"))
+    reasons = [str(r) for r in decision.get("reasons", [])]
+    primary = str(decision.get("primary_metric", ""))
+    metrics: dict[str, dict[str, Any]] = decision.get("metrics") or {}
+    gate_roles = gate_roles or {}
+    headline = (
+        "SHIP — the candidate passed the gate" if passed else "DO NOT SHIP — the candidate failed the gate"
+    )
+    lead = reasons[0] if reasons else "no reason was recorded"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{'PASS' if passed else 'FAIL'}: evaluation of {html.escape(str(decision.get('candidate_model', '')))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f'<div class="banner {"pass" if passed else "fail"}"><h1>{html.escape(headline)}</h1>',
+        f"<p>{html.escape(lead)}</p></div>",
+        "<main>",
+        '<div class="meta">',
+        f"Candidate <code>{html.escape(str(decision.get('candidate_model', '?')))}</code> vs baseline "
+        f"<code>{html.escape(str(decision.get('baseline_model', '?')))}</code>"
+        + (
+            f" (production version {html.escape(str(decision['baseline_version']))})"
+            if decision.get("baseline_version")
+            else " (nothing in production: compared with the base model)"
+        ),
+        f"<br>{int(decision.get('n_prompts', 0))} prompts, same seeds for both models; primary metric "
+        f"<b>{html.escape(primary)}</b>; evaluated {html.escape(str(decision.get('created_at', '')))}",
+        "</div>",
+    ]
+
+    parts.append("<h2>Why</h2><ul class='reasons'>")
+    for reason in reasons:
+        parts.append(f"<li class='{'pass' if passed else 'fail'}'>{html.escape(reason)}</li>")
+    parts.append("</ul>")
+
+    parts.append("<h2>Metrics</h2>")
+    if metrics:
+        parts.append(
+            "<table class='metrics'><tr><th>Metric</th><th>Candidate</th><th>Baseline</th>"
+            "<th>Difference (95% CI)</th><th>Candidate win rate (95% CI)</th></tr>"
+        )
+        ordered = sorted(metrics, key=lambda name: (name != primary, name))
+        for name in ordered:
+            m = metrics[name]
+            diff = float(m.get("mean_diff", math.nan))
+            lo = float(m.get("diff_ci_low", math.nan))
+            hi = float(m.get("diff_ci_high", math.nan))
+            higher = bool(m.get("higher_is_better", True))
+            # Colour the difference only when its whole CI is on one side of zero.
+            cls = ""
+            if math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0):
+                cls = "good" if (lo > 0) == higher else "bad"
+            win = m.get("win_rate")
+            win_lo, win_hi = m.get("win_rate_ci_low"), m.get("win_rate_ci_high")
+            win_cls = ""
+            if win_lo is not None and math.isfinite(float(win_lo)) and float(win_lo) > 0.5:
+                win_cls = "good"
+            elif win_hi is not None and math.isfinite(float(win_hi)) and float(win_hi) < 0.5:
+                win_cls = "bad"
+            role = gate_roles.get(name, "")
+            tag = f"<span class='tag'>{html.escape(role)}</span>" if role else ""
+            arrow = "↑ better" if higher else "↓ better"
+            parts.append(
+                f"<tr><td><b>{html.escape(name)}</b> <span class='ci'>{arrow}</span>{tag}</td>"
+                f"<td>{_fmt(m.get('candidate_mean'))}</td><td>{_fmt(m.get('baseline_mean'))}</td>"
+                f"<td><span class='{cls}'>{'+' if diff > 0 else ''}{_fmt(diff)}</span> "
+                f"<span class='ci'>[{_fmt(lo)}, {_fmt(hi)}]</span></td>"
+                f"<td><span class='{win_cls}'>{_pct(win)}</span> "
+                f"<span class='ci'>[{_pct(win_lo)}, {_pct(win_hi)}]</span></td></tr>"
+            )
+        parts.append("</table>")
+        parts.append(
+            "<p class='note'>Difference: mean of candidate − baseline over paired images (bootstrap CI over "
+            "prompts). Win rate: share of prompts whose median-scoring candidate image beats the baseline's "
+            "(ties count half; Wilson CI).</p>"
+        )
+    else:
+        parts.append("<p class='note'>No metric could be computed (see the reasons above).</p>")
+
+    if scores is not None and per_prompt_diff and top_k > 0:
+        ranked = sorted(per_prompt_diff.items(), key=lambda kv: kv[1], reverse=True)
+        higher = bool(metrics.get(primary, {}).get("higher_is_better", True))
+        if not higher:
+            ranked = ranked[::-1]
+        finite = [(p, d) for p, d in ranked if math.isfinite(d)]
+        gains = [(p, d) for p, d in finite if (d > 0) == higher and d != 0][:top_k]
+        losses = [(p, d) for p, d in finite[::-1] if (d < 0) == higher and d != 0][:top_k]
+        parts.append(
+            f"<p class='note'>Below: per prompt, every image of each model from the same seeds, captioned with its "
+            f"{html.escape(primary)}; a blue frame marks the median-scoring image, the one the win rate compares. "
+            "The number beside each prompt is its mean paired difference.</p>"
+        )
+        parts.append(f"<h2>Largest gains in {html.escape(primary)}</h2>")
+        parts.extend(_prompt_blocks(scores, gains, primary) or ["<p class='note'>No prompt improved.</p>"])
+        parts.append(f"<h2>Largest losses in {html.escape(primary)}</h2>")
+        parts.extend(_prompt_blocks(scores, losses, primary) or ["<p class='note'>No prompt got worse.</p>"])
+
+    if settings:
+        parts.append("<h2>Settings</h2><p class='note'>")
+        parts.append(
+            ", ".join(
+                f"{html.escape(str(k))}: <code>{html.escape(str(v))}</code>" for k, v in settings.items()
+            )
+        )
+        parts.append("</p>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
+
+
+def _prompt_blocks(scores: Any, picked: list[tuple[int, float]], primary: str) -> list[str]:
+    blocks = []
+    for prompt_index, diff in picked:
+        rows = scores[scores["prompt_index"] == prompt_index]
+        if rows.empty:
+            continue
+        prompt = str(rows["prompt"].iloc[0])
+        sign = "+" if diff > 0 else ""
+        blocks.append(
+            f"<div class='prompt'><h3>“{html.escape(prompt)}” <span class='delta {'good' if diff > 0 else 'bad'}'>"
+            f"{html.escape(primary)} {sign}{_fmt(diff)}</span></h3><div class='pair'>"
+        )
+        for model in ("candidate", "baseline"):
+            side = rows[rows["model"] == model].sort_values("image_index")
+            values = side[primary].to_numpy(dtype=float) if primary in side else []
+            median_value = sorted(values)[(len(values) - 1) // 2] if len(values) else None
+            blocks.append(f"<div class='side'><div class='label'>{model}</div><div class='row'>")
+            for _, row in side.iterrows():
+                value = row.get(primary, math.nan)
+                is_median = median_value is not None and value == median_value
+                blocks.append(
+                    f"<figure class='{'median' if is_median else ''}'>"
+                    f"<img alt='{model} image {int(row['image_index'])}' src='{_png_data_uri(str(row['image_path']))}'>"
+                    f"<figcaption>{_fmt(value)}</figcaption></figure>"
+                )
+            blocks.append("</div></div>")
+        blocks.append("</div></div>")
+    return blocks
