@@ -170,23 +170,32 @@ def ingest(config: IngestConfig) -> IngestResult:
     del valid_parts
     n_read = candidates.num_rows + len(quarantined)
 
-    # 2. de-duplicate within the run; an id with two different contents is a conflict, quarantined both ways
-    key = _content_key(candidates)
+    # 2. de-duplicate within the run; an id with two different contents is a conflict, quarantined both ways.
+    # Only ids that occur more than once need their content compared (a hash count over all ids, then the
+    # grouping on that small subset).
     n = candidates.num_rows
-    index = pa.array(np.arange(n, dtype=np.int64))
-    groups = (
-        pa.table({"event_id": candidates.column("event_id"), "key": key, "i": index})
-        .group_by("event_id", use_threads=False)
-        .aggregate([("key", "count_distinct"), ("i", "min")])
-    )
-    conflict_ids = groups.filter(pc.greater(groups.column("key_count_distinct"), 1)).column("event_id")
-    first = np.zeros(n, dtype=bool)
-    first[groups.filter(pc.equal(groups.column("key_count_distinct"), 1)).column("i_min").to_numpy()] = True
-    conflict = (
-        pc.is_in(candidates.column("event_id"), conflict_ids).to_numpy(zero_copy_only=False)
-        if len(conflict_ids)
-        else np.zeros(n, bool)
-    )
+    ids = candidates.column("event_id")
+    first = np.ones(n, dtype=bool)
+    conflict = np.zeros(n, dtype=bool)
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        rep_idx = np.flatnonzero(pc.is_in(ids, repeated).to_numpy(zero_copy_only=False))
+        sub = candidates.take(pa.array(rep_idx))
+        groups = (
+            pa.table({"event_id": sub.column("event_id"), "key": _content_key(sub), "i": pa.array(rep_idx)})
+            .group_by("event_id", use_threads=False)
+            .aggregate([("key", "count_distinct"), ("i", "min")])
+        )
+        conflict_ids = groups.filter(pc.greater(groups.column("key_count_distinct"), 1)).column("event_id")
+        first[rep_idx] = False
+        first[groups.filter(pc.equal(groups.column("key_count_distinct"), 1)).column("i_min").to_numpy()] = (
+            True
+        )
+        if len(conflict_ids):
+            conflict[
+                rep_idx[pc.is_in(sub.column("event_id"), conflict_ids).to_numpy(zero_copy_only=False)]
+            ] = True
     duplicate = ~first & ~conflict
     state = np.where(conflict, "conflict", np.where(duplicate, "duplicate", "accepted")).astype(object)
 
@@ -198,25 +207,27 @@ def ingest(config: IngestConfig) -> IngestResult:
             prev_uri = storage.join(prev_uri, "events.parquet")
         if storage.exists(prev_uri):
             previous = storage.read_parquet(prev_uri)
-            prev_keys = pa.table(
-                {"event_id": previous.column("event_id"), "prev_key": _content_key(previous)}
-            )
             acc_idx = np.flatnonzero(state == "accepted")
-            probe = pa.table(
-                {
-                    "event_id": candidates.column("event_id").take(pa.array(acc_idx)),
-                    "key": key.take(pa.array(acc_idx)),
-                    "i": pa.array(acc_idx),
-                }
+            seen = pc.is_in(ids.take(pa.array(acc_idx)), previous.column("event_id")).to_numpy(
+                zero_copy_only=False
             )
-            joined = probe.join(prev_keys, "event_id", join_type="inner")
-            if joined.num_rows:
+            if seen.any():
+                ii = acc_idx[seen]
+                sub = candidates.take(pa.array(ii))
+                prev_sub = previous.filter(pc.is_in(previous.column("event_id"), sub.column("event_id")))
+                prev_keys = pa.table(
+                    {"event_id": prev_sub.column("event_id"), "prev_key": _content_key(prev_sub)}
+                )
+                probe = pa.table(
+                    {"event_id": sub.column("event_id"), "key": _content_key(sub), "i": pa.array(ii)}
+                )
+                joined = probe.join(prev_keys, "event_id", join_type="inner")
                 same = pc.equal(joined.column("key"), joined.column("prev_key")).to_numpy(
                     zero_copy_only=False
                 )
-                ii = joined.column("i").to_numpy()
-                state[ii[same]] = "duplicate"
-                state[ii[~same]] = "conflict_previous"
+                jj = joined.column("i").to_numpy()
+                state[jj[same]] = "duplicate"
+                state[jj[~same]] = "conflict_previous"
         else:
             log.warning("previous output %s not found: starting from scratch", prev_uri)
 

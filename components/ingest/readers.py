@@ -42,6 +42,7 @@ _VAL = rf"(?:{_PRIM}|{_FLAT})"
 WELL_FORMED_LINE = rf"^\s*\{{\s*(?:{_STR}\s*:\s*{_VAL}(?:\s*,\s*{_STR}\s*:\s*{_VAL})*)?\s*\}}\s*$"
 # Known fields holding a value of the wrong JSON type (the per-line path names the field).
 _TEXT_FIELDS = "|".join(f for f in KNOWN_FIELDS if f not in ("score", "metadata"))
+# (ids given as JSON numbers are legal but take the per-line path, which converts them to text)
 SUSPECT_TYPES = rf'"(?:{_TEXT_FIELDS})"\s*:\s*[^"n\s]|"score"\s*:\s*[^-0-9n\s]|"metadata"\s*:\s*[^{{n\s]'
 
 _ARROW_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name != "metadata"])
@@ -112,9 +113,9 @@ def conform(table: pa.Table, row_numbers: pa.Array, raw: pa.Array | None) -> pa.
     else:
         has = pa.nulls(n, pa.bool_()).fill_null(False)
         if meta_col is not None:
-            has = pc.or_(has, pc.is_valid(meta_col))
+            has = pc.or_kleene(has, pc.is_valid(meta_col))
         for c in extra:
-            has = pc.or_(has, pc.is_valid(table.column(c)))
+            has = pc.or_kleene(has, pc.is_valid(table.column(c)))
         idx = np.flatnonzero(has.to_numpy(zero_copy_only=False))
         out: list[str | None] = [None] * n
         if len(idx):
@@ -196,14 +197,23 @@ def parse_jsonl_chunk(
     """Parse one chunk of whole lines; ``first_line`` is the 1-based number of its first line."""
     lines = _lines_array(chunk)
     numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
-    blank = pc.match_substring_regex(lines, r"^\s*$")
+    # Only short lines can be blank; RE2 over every line would cost as much as the parse.
+    short = np.flatnonzero(pc.less_equal(pc.binary_length(lines), 8).to_numpy(zero_copy_only=False))
+    blank_np = np.zeros(len(lines), dtype=bool)
+    if len(short):
+        blank_np[
+            short[
+                pc.match_substring_regex(lines.take(pa.array(short)), r"^\s*$").to_numpy(zero_copy_only=False)
+            ]
+        ] = True
+    blank = pa.array(blank_np)
     not_blank = pc.invert(blank)
     n_blank = len(lines) - pc.sum(not_blank).as_py() if len(lines) else 0
-    clean = pc.and_(
+    clean = pc.and_kleene(
         pc.match_substring_regex(lines, WELL_FORMED_LINE),
         pc.invert(pc.match_substring_regex(lines, SUSPECT_TYPES)),
     )
-    slow = pc.and_(not_blank, pc.invert(clean))
+    slow = pc.and_kleene(not_blank, pc.invert(clean))
     clean_lines = lines.filter(clean)
     clean_numbers = numbers[clean.to_numpy(zero_copy_only=False)]
     tables: list[pa.Table] = []

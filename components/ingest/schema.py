@@ -82,9 +82,7 @@ class FeedbackEvent(BaseModel):
     model_version: str | None = Field(None, description="Model version that generated the image.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form extra information.")
 
-    @field_validator(
-        "event_id", "prompt", "image_uri", "user_id", "model_version", "other_image_uri", mode="before"
-    )
+    @field_validator("event_id", "user_id", "model_version", mode="before")
     @classmethod
     def _ids_are_text(cls, value: Any) -> Any:
         # Integers are common ids in exports (Pick-a-Pic's user_id); accept them as text, reject others.
