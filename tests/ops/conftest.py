@@ -1,14 +1,12 @@
-"""Fixtures of the operations tests: a real Pushgateway, promtool, and each step's representative metrics.
+"""Fixtures of the operations tests: a real Pushgateway, promtool, and the metrics each step defines.
 
-The example metric sets follow what the contracts say each step records (ingest: events read, accepted,
-quarantined by reason; label: samples per class; train: step, loss, reward margin, reference point,
-samples/s, GPU memory, checkpoint time; evaluate: each metric for candidate and production, the gate;
-promote: promotions, rollbacks, conflicts). ``k8s/monitoring/README.md`` documents the same names, and
-the dashboard and alerts read them; ``test_monitoring.py`` checks that every name they use is here.
-"""
+The steps' metric definitions are read from their source (``.counter/.gauge/.histogram`` calls on a
+StepTelemetry), so the lint, the dashboard, the alerts and the table in k8s/monitoring/README.md are
+checked against what the code really emits, without running a training job to find out."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import socket
 import subprocess
@@ -16,12 +14,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from components.shared.telemetry import StepTelemetry
 
+ROOT = Path(__file__).resolve().parents[2]
 PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
 INSTALL_HINT = (
     "install Debian's prometheus-pushgateway and prometheus (for promtool): `make system-deps`, or "
@@ -54,12 +55,6 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 def promtool_bin() -> str:
     """Path of promtool (fails with the install hint when missing)."""
     return promtool()
-
-
-@pytest.fixture
-def step_telemetry() -> Callable[..., StepTelemetry]:
-    """Factory: ``step_telemetry("ingest", run_id=..., pushgateway=...)`` with that step's example metrics."""
-    return example_telemetry
 
 
 def promtool() -> str:
@@ -101,87 +96,100 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def ingest_metrics(telemetry: StepTelemetry) -> None:
-    """What ingest records: events read per source, accepted, duplicates, quarantined by reason."""
-    read = telemetry.counter("events_read_total", "Feedback records read", ("source",))
-    read.labels(source="gs://feedback/2026-11-25.jsonl").inc(1000)
-    telemetry.counter("events_accepted_total", "Events accepted after validation").inc(950)
-    telemetry.counter("events_duplicates_total", "Events dropped as duplicates of an accepted one").inc(20)
-    quarantined = telemetry.counter(
-        "events_quarantined_total", "Records moved to quarantine, by reason code", ("reason",)
-    )
-    quarantined.labels(reason="missing_field").inc(20)
-    quarantined.labels(reason="bad_image_uri").inc(10)
-    telemetry.gauge("watermark_timestamp_seconds", "Newest created_at accepted").set(1.7645e9)
+@dataclass(frozen=True)
+class MetricDefinition:
+    """One metric a step's code defines through StepTelemetry, as written in its source."""
+
+    step: str
+    kind: str
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    where: str
 
 
-def label_metrics(telemetry: StepTelemetry) -> None:
-    """What label records: samples per split and class, and samples dropped by reason."""
-    samples = telemetry.gauge("samples", "Labelled images, by split and class", ("split", "class"))
-    for split, desirable, undesirable in (("train", 700, 180), ("val", 80, 20)):
-        samples.labels(split=split, **{"class": "desirable"}).set(desirable)
-        samples.labels(split=split, **{"class": "undesirable"}).set(undesirable)
-    dropped = telemetry.counter("dropped_total", "Images not labelled, by reason", ("reason",))
-    dropped.labels(reason="pairwise_tie").inc(5)
-    telemetry.gauge("desirable_weight", "Loss weight of desirable images (lambda_D)").set(1.0)
-    telemetry.gauge("undesirable_weight", "Loss weight of undesirable images (lambda_U)").set(1.0)
+def _literal(node: ast.expr | None) -> object:
+    """The value of a literal expression, or None when it is not one."""
+    if node is None:
+        return None
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        return None
 
 
-def train_metrics(telemetry: StepTelemetry) -> None:
-    """What train records while it runs (served on /metrics) and at the end (pushed)."""
-    telemetry.gauge("global_step", "Optimizer steps done").set(120)
-    telemetry.gauge("loss", "Diffusion-KTO loss of the last step").set(0.48)
-    telemetry.gauge("reward_margin", "Mean implicit reward of desirable minus undesirable images").set(0.02)
-    telemetry.gauge("reference_point", "KL reference point z of the last step").set(0.001)
-    telemetry.gauge("learning_rate", "Learning rate of the last step").set(1e-7)
-    telemetry.gauge("samples_per_second", "Training throughput over the last logging window").set(31.5)
-    memory = telemetry.gauge("gpu_memory_allocated_bytes", "Peak GPU memory allocated", ("device",))
-    memory.labels(device="cuda:0").set(21.5e9)
-    telemetry.gauge(
-        "last_checkpoint_timestamp_seconds", "Unix time of the last saved checkpoint"
-    ).set_to_current_time()
-    telemetry.counter("checkpoints_saved_total", "Checkpoints written").inc(2)
-    step_time = telemetry.histogram(
-        "step_duration_seconds", "Wall time of one optimizer step", buckets=(0.1, 0.5, 1, 2, 5, 10)
-    )
-    step_time.observe(0.8)
+@cache
+def real_metric_definitions() -> tuple[MetricDefinition, ...]:
+    """Every ``.counter/.gauge/.histogram`` definition in components/ and pipelines/ (telemetry.py aside).
+
+    The step is the one the file's ``StepTelemetry("<step>", ...)`` names, else the package's folder
+    (promote/promotion.py receives the step's telemetry from promote/step.py). Definitions whose name
+    is not a string literal cannot be checked here and are returned with kind ``"unresolved"``.
+    """
+    found = []
+    for path in sorted([*ROOT.glob("components/**/*.py"), *ROOT.glob("pipelines/**/*.py")]):
+        if path.name == "telemetry.py" and path.parent.name == "shared":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        parts = path.relative_to(ROOT).parts
+        step = parts[1] if parts[0] == "components" else "pipeline"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "StepTelemetry"
+                and node.args
+                and isinstance(_literal(node.args[0]), str)
+            ):
+                step = str(_literal(node.args[0]))
+                break
+        for node in ast.walk(tree):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("counter", "gauge", "histogram")
+                and node.args
+            ):
+                continue
+            keywords = {k.arg: k.value for k in node.keywords}
+            name = _literal(node.args[0])
+            documentation = _literal(node.args[1] if len(node.args) > 1 else keywords.get("documentation"))
+            labels = _literal(node.args[2] if len(node.args) > 2 else keywords.get("labels")) or ()
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if not isinstance(name, str):
+                found.append(MetricDefinition(step, "unresolved", "", "", (), where))
+                continue
+            found.append(
+                MetricDefinition(step, node.func.attr, name, str(documentation or ""), tuple(labels), where)  # type: ignore[arg-type]
+            )
+    return tuple(found)
 
 
-def evaluate_metrics(telemetry: StepTelemetry) -> None:
-    """What evaluate records: each scorer's mean for candidate and production, win rate, gate decision."""
-    means = telemetry.gauge("score_mean", "Mean score per model and scorer", ("metric", "model"))
-    for metric, candidate, production in (("pickscore", 21.3, 21.1), ("clip_score", 0.31, 0.30)):
-        means.labels(metric=metric, model="candidate").set(candidate)
-        means.labels(metric=metric, model="production").set(production)
-    win = telemetry.gauge("win_rate", "Share of prompts where the candidate scores higher", ("metric",))
-    win.labels(metric="pickscore").set(0.58)
-    telemetry.gauge("gate_passed", "1 when the gate passed the candidate, else 0").set(1)
-    telemetry.gauge("prompts", "Held-out prompts evaluated").set(200)
-    telemetry.counter("images_generated_total", "Images generated", ("model",)).labels(model="candidate").inc(
-        800
-    )
-
-
-def promote_metrics(telemetry: StepTelemetry) -> None:
-    """What promote records: promotions, rollbacks, alias conflicts, the version now in production."""
-    telemetry.counter("promotions_total", "Candidates moved to the production alias").inc()
-    telemetry.counter("rollbacks_total", "Production alias moved back to the previous version").inc(0)
-    telemetry.counter("conflicts_total", "Promotions refused: production moved since evaluation").inc(0)
-    telemetry.gauge("production_version", "Registry version behind the production alias").set(7)
-
-
-STEP_EXAMPLES: dict[str, Callable[[StepTelemetry], None]] = {
-    "ingest": ingest_metrics,
-    "label": label_metrics,
-    "train": train_metrics,
-    "evaluate": evaluate_metrics,
-    "promote": promote_metrics,
-}
-
-
-def example_telemetry(step: str, **kw: object) -> StepTelemetry:
-    """A StepTelemetry of ``step`` holding that step's representative metrics, run under track_run."""
-    telemetry = StepTelemetry(step, **kw)  # type: ignore[arg-type]
-    with telemetry.track_run():
-        STEP_EXAMPLES[step](telemetry)
+def real_telemetry(step: str) -> StepTelemetry:
+    """A StepTelemetry holding every metric the step's code defines, each with one sample."""
+    telemetry = StepTelemetry(step, run_id="lint")
+    for definition in real_metric_definitions():
+        if definition.step != step or definition.kind == "unresolved":
+            continue
+        define = getattr(telemetry, definition.kind)
+        metric = define(definition.name, definition.documentation or definition.name, definition.labels)
+        if definition.labels:
+            metric = metric.labels(**{label: "example" for label in definition.labels})
+        if definition.kind == "counter":
+            metric.inc()
+        elif definition.kind == "gauge":
+            metric.set(1)
+        else:
+            metric.observe(1)
     return telemetry
+
+
+@pytest.fixture
+def step_telemetry() -> Callable[[str], StepTelemetry]:
+    """Factory: ``step_telemetry("ingest")`` holds the metrics ingest's code defines (from its source)."""
+    return real_telemetry
+
+
+@pytest.fixture
+def metric_definitions() -> tuple[MetricDefinition, ...]:
+    """Every metric definition found in the steps' source."""
+    return real_metric_definitions()

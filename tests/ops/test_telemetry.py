@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from components.shared.telemetry import StepTelemetry, delete_run_groups, list_groups
 
-STEPS = ("ingest", "label", "train", "evaluate", "promote")
+STEPS = ("ingest", "label", "train", "evaluate", "promote", "pipeline")
 
 
 def fetch(url: str) -> bytes:
@@ -46,10 +46,9 @@ def promtool_check_metrics(promtool_bin: str, exposition: bytes) -> subprocess.C
 def test_each_steps_exposition_passes_promtool(
     step: str, step_telemetry: Callable[..., StepTelemetry], promtool_bin: str
 ) -> None:
-    """Every step's metrics follow Prometheus naming conventions, as promtool's linter sees them."""
-    telemetry = step_telemetry(step, run_id="lint")
-    exposition = telemetry.exposition()
-    assert f"dkto_{step}_duration_seconds".encode() in exposition
+    """Every metric a step's code defines follows Prometheus conventions, as promtool's linter sees them."""
+    exposition = step_telemetry(step).exposition()
+    assert f"dkto_{step}_".encode() in exposition, f"no metric of {step} found in its code"
     result = promtool_check_metrics(promtool_bin, exposition)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
         f"promtool check metrics on {step}:\n{result.stdout}{result.stderr}"
@@ -69,15 +68,27 @@ def test_counter_name_must_end_in_total() -> None:
         StepTelemetry("ingest").counter("events_read", "Events read")
 
 
-def test_push_read_back_and_delete(pushgateway: str, step_telemetry: Callable[..., StepTelemetry]) -> None:
+def ingest_like_telemetry(**kw: str) -> StepTelemetry:
+    """A StepTelemetry of ingest holding the figures of one small run."""
+    telemetry = StepTelemetry("ingest", **kw)
+    telemetry.counter("events_read_total", "Feedback records read").inc(1000)
+    telemetry.counter("events_accepted_total", "Events accepted").inc(950)
+    quarantined = telemetry.counter("events_quarantined_total", "Records quarantined", ("reason",))
+    quarantined.labels(reason="missing_field").inc(20)
+    quarantined.labels(reason="bad_image_uri").inc(10)
+    return telemetry
+
+
+def test_push_read_back_and_delete(pushgateway: str) -> None:
     """A step's push lands in its (pipeline, run_id, step) group, reads back over both APIs, and deletes."""
-    telemetry = step_telemetry("ingest", run_id="run-42", pushgateway=pushgateway)
+    telemetry = ingest_like_telemetry(run_id="run-42", pushgateway=pushgateway)
     assert telemetry.push() is True
 
     scraped = samples(fetch(f"{pushgateway}/metrics").decode())
     group = {"job": "dkto", "pipeline": "diffusion-kto-retrain", "run_id": "run-42", "step": "ingest"}
     quarantined = frozenset({**group, "reason": "missing_field"}.items())
     assert scraped[("dkto_ingest_events_quarantined_total", quarantined)] == 20
+    assert not any(name.endswith("_created") for name, _ in scraped), "pushed counters carry no _created"
     assert scraped[("dkto_ingest_events_accepted_total", frozenset(group.items()))] == 950
 
     api = json.loads(fetch(f"{pushgateway}/api/v1/metrics"))
@@ -106,16 +117,16 @@ def test_push_replaces_the_group_of_a_rerun(pushgateway: str) -> None:
     assert values == [3]
 
 
-def test_cleanup_deletes_every_step_of_one_run_only(
-    pushgateway: str, step_telemetry: Callable[..., StepTelemetry]
-) -> None:
+def test_cleanup_deletes_every_step_of_one_run_only(pushgateway: str) -> None:
     """``delete_run_groups`` removes all steps of the run cleaned up (slashes in the id included)."""
     doomed = "runs/2026-11-26/a"
     for step in STEPS:
-        assert step_telemetry(step, run_id=doomed, pushgateway=pushgateway).push()
-    kept = step_telemetry("ingest", run_id="other-run", pushgateway=pushgateway)
+        telemetry = StepTelemetry(step, run_id=doomed, pushgateway=pushgateway)
+        telemetry.gauge("duration_seconds", "Wall time").set(1)
+        assert telemetry.push()
+    kept = ingest_like_telemetry(run_id="other-run", pushgateway=pushgateway)
     assert kept.push()
-    other_pipeline = step_telemetry("ingest", run_id=doomed, pipeline="nightly", pushgateway=pushgateway)
+    other_pipeline = ingest_like_telemetry(run_id=doomed, pipeline="nightly", pushgateway=pushgateway)
     assert other_pipeline.push()
 
     deleted = delete_run_groups(pushgateway, doomed, pipeline="diffusion-kto-retrain")
