@@ -71,6 +71,10 @@ def _read_sources(
             fmt: str = config.source_format
             if fmt == "auto":
                 fmt = readers.detect_format(uri)
+                if fmt == "unknown" and files != [pattern]:
+                    # A directory or prefix may hold the images too; those files are listed, not read.
+                    sources.append({"uri": uri, "format": "skipped (not .jsonl/.parquet/.csv)", "records": 0})
+                    continue
                 if fmt == "unknown":
                     raise IngestError(
                         f"source file {uri}: unknown extension; use .jsonl/.parquet/.csv or set source_format"
