@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.shared.config import ConfigError, StepConfig
 
@@ -159,6 +159,12 @@ class PipelineParams(StepConfig):
     pushgateway: str = Field(
         "", description="Prometheus Pushgateway address (host:port); empty pushes no metrics."
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `no` as false; the user meant the precision named "no".
+        return "no" if value is False else value
 
     @model_validator(mode="after")
     def _check(self) -> PipelineParams:
