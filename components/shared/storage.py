@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fnmatch
 import functools
 import glob
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +74,24 @@ def gcs_client() -> Any:
     return _client_for(os.environ.get("STORAGE_EMULATOR_HOST"), os.environ.get("GOOGLE_CLOUD_PROJECT"))
 
 
+@contextlib.contextmanager
+def _gcs_errors(uri: str) -> Iterator[None]:
+    """Turn the client's NotFound / Forbidden into a ``StorageError`` that names the URI."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:
+        kind = type(err).__name__
+        if kind == "NotFound":
+            raise StorageError(f"{uri}: no such bucket or object ({err})") from None
+        if kind in ("Forbidden", "Unauthorized"):
+            raise StorageError(
+                f"{uri}: access denied ({err}); check the credentials' bucket permissions"
+            ) from None
+        raise
+
+
 def _blob(uri: str) -> Any:
     bucket, key = split_gcs(uri)
     return gcs_client().bucket(bucket).blob(key)
@@ -113,6 +131,37 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regex matching object names the way local ``glob(recursive=True)`` matches paths.
+
+    ``*`` and ``?`` stay within one path segment, ``**/`` spans zero or more directories; ``fnmatch`` would
+    let ``*`` cross ``/`` and make ``dir/*.jsonl`` match files in sub-directories on GCS only.
+    """
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
 def list_files(pattern: str) -> list[str]:
     """Files under a directory/prefix, or matching a glob (``*``, ``**``), sorted.
 
@@ -126,13 +175,15 @@ def list_files(pattern: str) -> list[str]:
             prefix = prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
         else:
             prefix = key.rstrip("/") + "/" if key else ""
+        matcher = _glob_regex(key)
         out = []
-        for blob in gcs_client().list_blobs(bucket, prefix=prefix):
-            if blob.name.endswith("/"):
-                continue
-            if has_glob and not fnmatch.fnmatch(blob.name, key):
-                continue
-            out.append(f"{GCS_PREFIX}{bucket}/{blob.name}")
+        with _gcs_errors(pattern):
+            for blob in gcs_client().list_blobs(bucket, prefix=prefix):
+                if blob.name.endswith("/"):
+                    continue
+                if has_glob and not matcher.fullmatch(blob.name):
+                    continue
+                out.append(f"{GCS_PREFIX}{bucket}/{blob.name}")
         if not out and not has_glob and _blob(pattern).exists():
             return [pattern]
         return sorted(out)
@@ -341,13 +392,14 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
     bucket, key = split_gcs(uri)
     prefix = key.rstrip("/") + "/" if key else ""
     n = 0
-    for blob in gcs_client().list_blobs(bucket, prefix=prefix):
-        if blob.name.endswith("/"):
-            continue
-        dest = local_dir / blob.name[len(prefix) :]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        blob.download_to_filename(str(dest))
-        n += 1
+    with _gcs_errors(uri):
+        for blob in gcs_client().list_blobs(bucket, prefix=prefix):
+            if blob.name.endswith("/"):
+                continue
+            dest = local_dir / blob.name[len(prefix) :]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(dest))
+            n += 1
     if n == 0:
         raise StorageError(f"{uri}: no files under this prefix")
     return local_dir
