@@ -8,6 +8,7 @@ Modes:
     reference_point OUT   diffusion_kto_loss's reference point on unequal per-rank batches (3 + 2 samples)
                           against the mean over the global batch, for the batch-mean, unpaired and
                           class-mean estimates.
+    loss_checks OUT       both of the above, into OUT/reference_point and OUT/toy_step.
     toy_step OUT          one DDP optimizer step of a tiny UNet2DConditionModel with the KTO loss on
                           2 samples per rank, and the same step taken by one process on all 4 samples.
     train OUT CONFIG      the real trainer (``components.train.step.run``) on a TrainConfig YAML; rank 0
@@ -184,39 +185,41 @@ def toy_step(out_dir: Path) -> None:
 
 
 def train(out_dir: Path, config_path: str) -> None:
-    """Run the real trainer on a TrainConfig YAML; every rank writes its final UNet weights."""
+    """Run the real trainer on a TrainConfig YAML; every rank writes the weights it ended with.
+
+    The trainer keeps its UNet inside ``run``; to read each rank's copy afterwards the worker records the
+    ``Trainer`` object the loop builds (instrumentation only: nothing of the training is replaced).
+    """
     from accelerate import PartialState
 
+    from components.train import loop
     from components.train.step import TrainConfig, run
 
-    config = TrainConfig.from_yaml(config_path) if hasattr(TrainConfig, "from_yaml") else None
-    if config is None:
-        import yaml
+    trainers: list = []
+    original_init = loop.Trainer.__init__
 
-        config = TrainConfig(**yaml.safe_load(Path(config_path).read_text()))
+    def recording_init(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        trainers.append(self)
+
+    loop.Trainer.__init__ = recording_init  # type: ignore[method-assign]
+    config = TrainConfig.from_yaml(config_path)
     result = run(config)
     state = PartialState()
-    rank = state.process_index
-    unet_weights = _trained_unet_state(config.output_dir, state)
+    assert len(trainers) == 1, f"expected one Trainer per process, saw {len(trainers)}"
+    trainer = trainers[0]
+    unet = trainer.accelerator.unwrap_model(trainer.unet)
     _write(
         out_dir,
-        rank,
-        {"world_size": state.num_processes, "steps": result.steps, "final_loss": result.final_loss},
-        unet_weights,
+        state.process_index,
+        {
+            "world_size": state.num_processes,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "reference_point": result.reference_point,
+        },
+        {k: v.float() for k, v in unet.state_dict().items()},
     )
-
-
-def _trained_unet_state(output_dir: str, state) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    """The UNet weights of the exported pipeline (rank 0 writes it; others wait for it)."""
-    from safetensors.torch import load_file
-
-    state.wait_for_everyone()
-    files = sorted((Path(output_dir) / "unet").glob("*.safetensors"))
-    assert files, f"no UNet safetensors under {output_dir}/unet"
-    weights: dict[str, torch.Tensor] = {}
-    for f in files:
-        weights.update(load_file(f))
-    return weights
 
 
 def main(argv: list[str]) -> None:
@@ -226,10 +229,14 @@ def main(argv: list[str]) -> None:
         reference_point(out_dir)
     elif mode == "toy_step":
         toy_step(out_dir)
+    elif mode == "loss_checks":
+        # Both checks in one launch: starting processes and importing torch costs more than the checks.
+        reference_point(out_dir / "reference_point")
+        toy_step(out_dir / "toy_step")
     elif mode == "train":
         train(out_dir, argv[2])
     else:
-        raise SystemExit(f"unknown mode {mode!r}; use reference_point, toy_step or train")
+        raise SystemExit(f"unknown mode {mode!r}; use reference_point, toy_step, loss_checks or train")
 
 
 if __name__ == "__main__":
