@@ -177,9 +177,9 @@ class Trainer:
             h = n // 2
             out = diffusion_dpo_loss(
                 policy_mse_w=policy_mse[:h],
-                reference_mse_w=reference_mse[:h],
+                ref_mse_w=reference_mse[:h],
                 policy_mse_l=policy_mse[h:],
-                reference_mse_l=reference_mse[h:],
+                ref_mse_l=reference_mse[h:],
                 beta=cfg.beta,
             )
             return out.loss, out.reward_margins.mean(), out.implicit_accuracy.to(device), zero
@@ -217,7 +217,7 @@ def _make_optimizer(
 
         return bnb.optim.AdamW8bit(params, **kwargs)
     # The fused CUDA kernel updates every tensor in one launch; on CPU the default (foreach) path is exact.
-    return torch.optim.AdamW(params, fused=device_type == "cuda", **kwargs)
+    return torch.optim.AdamW(params, fused=device_type == "cuda", foreach=device_type != "cuda", **kwargs)
 
 
 def _telemetry(config: TrainConfig) -> tuple[StepTelemetry, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +85,21 @@ def make_config(tmp_path: Path, tiny_sd: Path, train_manifest: Path) -> Callable
         return TrainConfig.model_validate(base)
 
     return make
+
+
+@pytest.fixture
+def manifest_writer() -> Callable[..., Path]:
+    """The ``write_manifest`` helper, for tests that need a second (changed) dataset."""
+    return write_manifest
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run the trainer tests with one intra-op thread: on the shared 2-core CI box, OpenMP threads of
+    several test processes spin against each other and a 4-second run takes 80 seconds."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
