@@ -21,10 +21,10 @@ install: $(VENV)/.installed
 
 # Debian packages some tests use (Pushgateway, promtool, Chromium for the report screenshot).
 system-deps:
-	@if ! command -v prometheus-pushgateway >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v prometheus-pushgateway >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null || ! command -v kubectl >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-pushgateway prometheus chromium; \
-	  else echo "system-deps: run as root or install prometheus-pushgateway prometheus chromium"; fi; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus-pushgateway prometheus chromium kubectl; \
+	  else echo "system-deps: run as root or install prometheus-pushgateway prometheus chromium kubectl"; fi; \
 	fi
 
 lint: install

@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "components.promote.cli",
     "pipelines.commands",
     "pipelines.demo.cli",
+    "components.shared.cli",
 )
 
 
