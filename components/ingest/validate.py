@@ -87,7 +87,9 @@ def resolve_uris(uris: pa.Array, base_dir: str) -> pa.Array:
     """Strip file://, make relative paths absolute against the source's directory, drop './' segments."""
     if pc.any(pc.starts_with(uris, "file://")).as_py():
         uris = pc.replace_substring_regex(uris, r"^file://", "")
-    has_scheme = _regex_where(uris, pc.match_substring(uris, "://"), r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+    gcs = pc.fill_null(pc.starts_with(uris, "gs://"), False).to_numpy(zero_copy_only=False)
+    other_scheme = pc.and_kleene(pc.match_substring(uris, "://"), pa.array(~gcs))
+    has_scheme = gcs | _regex_where(uris, other_scheme, r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
     is_relative = pc.and_kleene(pc.invert(pc.starts_with(uris, "/")), pa.array(~has_scheme))
     if pc.any(is_relative).as_py():
         joined = pc.binary_join_element_wise(pa.scalar(base_dir.rstrip("/")), uris, "/")
@@ -180,7 +182,11 @@ def check_batch(table: pa.Table, base_dir: str, roots: list[str], max_prompt_cha
     feedback = table.column("feedback")
     mark(pc.invert(pc.is_in(feedback, pa.array(FEEDBACK_KINDS))), "invalid_feedback")
     prompt = table.column("prompt")
-    mark(_regex_where(prompt, pc.less(pc.binary_length(prompt), 64), r"^\s*$"), "empty_prompt")
+    # A blank prompt is empty or starts with whitespace; only those rows need the full regex.
+    maybe_blank = pc.or_kleene(
+        pc.equal(pc.binary_length(prompt), 0), pc.match_substring_regex(prompt, r"^\s")
+    )
+    mark(_regex_where(prompt, maybe_blank, r"^\s*$"), "empty_prompt")
     mark(pc.greater(pc.utf8_length(prompt), max_prompt_chars), "prompt_too_long")
     score = table.column("score")
     no_score = pc.or_kleene(pc.is_null(score), pc.invert(pc.is_finite(pc.fill_null(score, 0.0))))
