@@ -22,7 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-MALFORMED_KINDS = ("truncated_json", "invalid_feedback", "missing_image_uri", "prompt_not_text", "not_an_object")
+MALFORMED_KINDS = (
+    "truncated_json",
+    "invalid_feedback",
+    "missing_image_uri",
+    "prompt_not_text",
+    "not_an_object",
+)
 EXPECTED_REASON = {
     "truncated_json": "malformed_record",
     "invalid_feedback": "invalid_feedback",
@@ -135,10 +141,18 @@ def naive_loop(events_file: str) -> tuple[float, int, int, int]:
 
 def main() -> None:
     """Parse arguments, generate, run both, print the comparison."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="number of JSONL events (default 1,000,000)")
-    parser.add_argument("--malformed", type=float, default=0.01, help="fraction of malformed records (default 0.01)")
-    parser.add_argument("--duplicates", type=float, default=0.005, help="fraction of exact re-sends (default 0.005)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events", type=int, default=1_000_000, help="number of JSONL events (default 1,000,000)"
+    )
+    parser.add_argument(
+        "--malformed", type=float, default=0.01, help="fraction of malformed records (default 0.01)"
+    )
+    parser.add_argument(
+        "--duplicates", type=float, default=0.005, help="fraction of exact re-sends (default 0.005)"
+    )
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,10 +165,15 @@ def main() -> None:
     t = time.perf_counter()
     truth = generate(events_file, args.events, args.malformed, args.duplicates)
     size_mb = events_file.stat().st_size / 1e6
-    print(f"generated {args.events:,} events ({size_mb:.0f} MB) in {time.perf_counter() - t:.1f}s: {events_file}")
+    print(
+        f"generated {args.events:,} events ({size_mb:.0f} MB) in {time.perf_counter() - t:.1f}s: {events_file}"
+    )
 
     child = subprocess.run(
-        [sys.executable, __file__, "--_child", str(events_file), str(workdir)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--_child", str(events_file), str(workdir)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if child.returncode != 0:
         print(child.stderr)
@@ -166,11 +185,15 @@ def main() -> None:
     pipeline_s = figures["ingest_s"] + figures["label_s"]
     print()
     print(f"{'':34s}{'seconds':>10s}{'events/s':>14s}")
-    print(f"{'ingest (vectorised, checks off)':34s}{figures['ingest_s']:10.2f}{n / figures['ingest_s']:14,.0f}")
+    print(
+        f"{'ingest (vectorised, checks off)':34s}{figures['ingest_s']:10.2f}{n / figures['ingest_s']:14,.0f}"
+    )
     print(f"{'label (votes)':34s}{figures['label_s']:10.2f}{n / figures['label_s']:14,.0f}")
     print(f"{'ingest + label':34s}{pipeline_s:10.2f}{n / pipeline_s:14,.0f}")
     print(f"{'naive loop (json+pydantic+set)':34s}{naive_s:10.2f}{n / naive_s:14,.0f}")
-    print(f"speed-up vs naive: ingest {naive_s / figures['ingest_s']:.1f}x, ingest + label {naive_s / pipeline_s:.1f}x")
+    print(
+        f"speed-up vs naive: ingest {naive_s / figures['ingest_s']:.1f}x, ingest + label {naive_s / pipeline_s:.1f}x"
+    )
     print(f"peak RSS of the ingest + label process: {figures['peak_rss_mb']:.0f} MB")
     print()
     print(
@@ -178,7 +201,9 @@ def main() -> None:
         f"+ quarantined {figures['quarantined']:,}"
     )
     print(f"quarantined by reason: {figures['quarantined_by_reason']}")
-    print(f"expected (generated):  {truth['expected_quarantined_by_reason']}, duplicates {truth['expected_duplicates']:,}")
+    print(
+        f"expected (generated):  {truth['expected_quarantined_by_reason']}, duplicates {truth['expected_duplicates']:,}"
+    )
     same = figures["quarantined_by_reason"] == truth["expected_quarantined_by_reason"]
     print(f"every malformed record quarantined with its reason: {'yes' if same else 'NO'}")
     print(f"naive loop: accepted {naive_accepted:,}, duplicates {naive_dups:,}, rejected {naive_bad:,}")
