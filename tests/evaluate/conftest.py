@@ -66,3 +66,11 @@ def coloured_images() -> list:
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 0, 0), (200, 200, 200)]
     sizes = [(32, 32), (48, 32), (32, 40), (64, 64), (32, 32), (40, 40)]
     return [Image.new("RGB", s, c) for s, c in zip(sizes, colours, strict=True)]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_other(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny SD pipeline with different random weights (a 'production' model to compare with)."""
+    from components.shared.tiny_models import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-other", seed=1)

@@ -1,0 +1,239 @@
+"""The evaluate step end to end on tiny models: artifacts, reproducible decision, failures fail closed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.evaluate.gate import compare, decide
+from components.evaluate.step import EvaluateConfig, run
+from components.shared import storage
+from components.shared.config import ConfigError
+
+DECISION_KEYS = {
+    "passed",
+    "reasons",
+    "primary_metric",
+    "n_prompts",
+    "candidate_model",
+    "baseline_model",
+    "baseline_version",
+    "metrics",
+    "created_at",
+}
+METRIC_KEYS = {
+    "candidate_mean",
+    "baseline_mean",
+    "mean_diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "win_rate",
+    "win_rate_ci_low",
+    "win_rate_ci_high",
+}
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red circle\na blue square\na green star\n")
+    return str(path)
+
+
+def _config(tmp_path, candidate, baseline, prompts, clip, **overrides) -> EvaluateConfig:
+    data = dict(
+        candidate_model=str(candidate),
+        baseline_model=str(baseline),
+        prompts=prompts,
+        images_per_prompt=2,
+        num_inference_steps=2,
+        output_dir=str(tmp_path / "eval"),
+        scorers=["pickscore", "clip_score", "aesthetic"],
+        scorer_models={name: str(clip) for name in ("pickscore", "clip_score", "aesthetic")},
+        gate={"min_prompts": 3, "max_regression": {"aesthetic": 1.0}},
+    )
+    data.update(overrides)
+    return EvaluateConfig.from_dict(data)
+
+
+@pytest.mark.slow
+def test_run_writes_every_artifact_and_the_decision_is_reproducible(
+    tmp_path, tiny_sd, tiny_sd_other, tiny_clip, prompts_file
+) -> None:
+    config = _config(tmp_path, tiny_sd, tiny_sd_other, prompts_file, tiny_clip, baseline_version="3")
+    result = run(config)
+    out = tmp_path / "eval"
+    decision = json.loads((out / "decision.json").read_text())
+    assert set(decision) >= DECISION_KEYS
+    assert decision["baseline_version"] == "3" and decision["n_prompts"] == 3
+    assert set(decision["metrics"]) == {"pickscore", "clip_score", "aesthetic"}
+    for stats in decision["metrics"].values():
+        assert set(stats) >= METRIC_KEYS
+    assert result.passed == decision["passed"] and result.reasons == decision["reasons"]
+
+    scores = storage.read_parquet(str(out / "scores.parquet")).to_pandas()
+    assert len(scores) == 2 * 3 * 2 == result.n_images
+    assert {"model", "prompt", "prompt_index", "image_index", "seed", "image_path", "pickscore"} <= set(
+        scores
+    )
+    # Paired: both models used the same seed for each (prompt, image).
+    seeds = scores.pivot_table(index=["prompt_index", "image_index"], columns="model", values="seed")
+    assert (seeds["candidate"] == seeds["baseline"]).all()
+    # The decision follows from scores.parquet alone (same policy, same seeded bootstrap).
+    again = decide(config.gate, compare(scores, ["pickscore", "clip_score", "aesthetic"], config.gate))
+    assert again.passed == decision["passed"] and again.reasons == decision["reasons"]
+    assert again.metrics["pickscore"]["diff_ci_low"] == pytest.approx(
+        decision["metrics"]["pickscore"]["diff_ci_low"]
+    )
+
+    flat = json.loads((out / "metrics.json").read_text())
+    assert flat["gate_passed"] == float(decision["passed"]) and flat["n_prompts"] == 3.0
+    assert all(isinstance(v, float) for v in flat.values())
+    assert flat["pickscore_win_rate"] == pytest.approx(decision["metrics"]["pickscore"]["win_rate"])
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert len(list((out / "images" / "candidate").glob("*.png"))) == 6
+
+
+@pytest.mark.slow
+def test_identical_models_tie_and_do_not_pass(tmp_path, tiny_sd, tiny_clip, prompts_file) -> None:
+    config = _config(
+        tmp_path,
+        tiny_sd,
+        tiny_sd,
+        prompts_file,
+        tiny_clip,
+        scorers=["pickscore"],
+        scorer_models={"pickscore": str(tiny_clip)},
+        gate={"min_prompts": 1},
+    )
+    result = run(config)
+    scores = pd.read_parquet(result.scores_path)
+    cand = scores[scores["model"] == "candidate"]["pickscore"].to_numpy()
+    base = scores[scores["model"] == "baseline"]["pickscore"].to_numpy()
+    np.testing.assert_array_equal(cand, base)  # same weights + same noise = same images
+    assert not result.passed
+    assert result.metrics["pickscore_win_rate"] == 0.5
+
+
+def test_unloadable_baseline_is_a_failed_decision_not_an_exception(
+    tmp_path, tiny_sd, tiny_clip, prompts_file
+) -> None:
+    config = _config(
+        tmp_path,
+        tiny_sd,
+        tmp_path / "no-such-production-model",
+        prompts_file,
+        tiny_clip,
+        images_per_prompt=1,
+        num_inference_steps=1,
+    )
+    result = run(config)
+    assert not result.passed
+    assert any(
+        "baseline (production) model could not be evaluated" in r and "no-such-production-model" in r
+        for r in result.reasons
+    )
+    decision = json.loads((tmp_path / "eval" / "decision.json").read_text())
+    assert decision["passed"] is False and decision["metrics"] == {}
+    assert "DO NOT SHIP" in (tmp_path / "eval" / "report.html").read_text()
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["gate_passed"] == 0.0
+
+
+def test_scorer_failure_is_a_failed_decision(tmp_path, tiny_sd, tiny_clip, prompts_file) -> None:
+    config = _config(
+        tmp_path,
+        tiny_sd,
+        tiny_sd,
+        prompts_file,
+        tiny_clip,
+        images_per_prompt=1,
+        num_inference_steps=1,
+        scorers=["clip_score", "aesthetic"],
+        scorer_models={"clip_score": str(tiny_clip), "aesthetic": str(tmp_path / "missing-aesthetic")},
+        gate={"primary_metric": "clip_score", "min_prompts": 1, "min_win_rate_ci_low": 0.0},
+    )
+    result = run(config)
+    assert not result.passed
+    assert any(r.startswith("scorer 'aesthetic' failed") and "missing-aesthetic" in r for r in result.reasons)
+    decision = json.loads((tmp_path / "eval" / "decision.json").read_text())
+    assert "aesthetic" in decision["scorer_errors"] and "clip_score" in decision["metrics"]
+
+
+def test_config_rejects_a_gate_metric_that_is_not_scored(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not in scorers"):
+        EvaluateConfig.from_dict(
+            dict(
+                candidate_model="c",
+                baseline_model="b",
+                prompts="p",
+                output_dir=str(tmp_path),
+                scorers=["clip_score"],
+                gate={"primary_metric": "pickscore"},
+            )
+        )
+    with pytest.raises(ConfigError, match="unknown scorer"):
+        EvaluateConfig.from_dict(
+            dict(
+                candidate_model="c",
+                baseline_model="b",
+                prompts="p",
+                output_dir=str(tmp_path),
+                scorers=["fid"],
+            )
+        )
+
+
+def test_telemetry_gauges_are_pushed(tmp_path, tiny_sd, tiny_clip, prompts_file) -> None:
+    """The metric gauges and the gate decision reach a real Pushgateway, when one is installed."""
+    import shutil
+    import subprocess
+    import urllib.request
+
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        pytest.skip("prometheus-pushgateway is not installed (make system-deps)")
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        config = _config(
+            tmp_path,
+            tiny_sd,
+            tiny_sd,
+            prompts_file,
+            tiny_clip,
+            images_per_prompt=1,
+            num_inference_steps=1,
+            scorers=["clip_score"],
+            scorer_models={"clip_score": str(tiny_clip)},
+            gate={"primary_metric": "clip_score", "min_prompts": 1},
+            pushgateway=f"127.0.0.1:{port}",
+            run_id="test-run",
+        )
+        run(config)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "dkto_evaluate_gate_passed{" in text and 'run_id="test-run"' in text
+    assert (
+        "dkto_evaluate_metric_mean{" in text and 'metric="clip_score"' in text and 'model="baseline"' in text
+    )
