@@ -33,9 +33,10 @@ class RegistryConfig(StepConfig):
     """Where the model registry lives (shared by every promote-step config)."""
 
     registry_uri: str = Field(
-        DEFAULT_REGISTRY_URI,
+        default_factory=lambda: os.environ.get("DKTO_REGISTRY_URI", DEFAULT_REGISTRY_URI),
         description="The model registry: 'sqlite:///path/to/mlflow.db' for an embedded MLflow registry on "
-        "this machine, or an MLflow server URL such as 'http://mlflow.kubeflow:5000'.",
+        "this machine, or an MLflow server URL such as 'http://mlflow.kubeflow:5000'. Default: "
+        "$DKTO_REGISTRY_URI, else an embedded registry under outputs/registry.",
     )
     artifact_root: str | None = Field(
         None,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
@@ -112,18 +111,24 @@ def model_name() -> str:
 def make_model_dir(path: Path, seed: int = 0, big_bytes: int = 0) -> Path:
     """A small model directory in the trainer's output layout (contents differ by ``seed``)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "seed": seed}))
+    (path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline", "seed": seed})
+    )
     (path / "unet").mkdir(exist_ok=True)
     (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(2048))
     (path / "training_summary.json").write_text(
-        json.dumps({"pretrained_model": "gs://models/sd15", "config_hash": f"cfg{seed}", "dataset_hash": f"ds{seed}"})
+        json.dumps(
+            {"pretrained_model": "gs://models/sd15", "config_hash": f"cfg{seed}", "dataset_hash": f"ds{seed}"}
+        )
     )
     if big_bytes:
         (path / "weights.bin").write_bytes(os.urandom(big_bytes))
     return path
 
 
-def write_decision(path: Path, *, passed: bool, baseline_version: str | None, reasons: list[str] | None = None) -> str:
+def write_decision(
+    path: Path, *, passed: bool, baseline_version: str | None, reasons: list[str] | None = None
+) -> str:
     """A decision.json as the evaluate step writes it."""
     decision = {
         "passed": passed,

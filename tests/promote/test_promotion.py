@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from components.promote.registry import CANDIDATE, PREVIOUS_PRODUCTION, PRODUCTION, RegistryError, open_registry
+from components.promote.registry import (
+    CANDIDATE,
+    PREVIOUS_PRODUCTION,
+    PRODUCTION,
+    RegistryError,
+    open_registry,
+)
 from components.promote.step import (
     PromoteConfig,
     RegisterConfig,
@@ -21,9 +27,13 @@ from components.promote.step import (
 from components.shared import storage
 
 
-def _register(registry_uri, model_name, tmp_path, make_model, make_decision, *, seed, passed=True, baseline=None):
+def _register(
+    registry_uri, model_name, tmp_path, make_model, make_decision, *, seed, passed=True, baseline=None
+):
     model = make_model(tmp_path / f"model-{seed}", seed=seed)
-    decision = make_decision(tmp_path / f"eval-{seed}" / "decision.json", passed=passed, baseline_version=baseline)
+    decision = make_decision(
+        tmp_path / f"eval-{seed}" / "decision.json", passed=passed, baseline_version=baseline
+    )
     return register_candidate(
         RegisterConfig(
             registry_uri=registry_uri,
@@ -36,7 +46,9 @@ def _register(registry_uri, model_name, tmp_path, make_model, make_decision, *, 
     )
 
 
-def test_register_records_lineage_and_verified_files(registry_uri, model_name, tmp_path, make_model, make_decision):
+def test_register_records_lineage_and_verified_files(
+    registry_uri, model_name, tmp_path, make_model, make_decision
+):
     result = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1)
     registry = open_registry(registry_uri)
     version = registry.get_version(model_name, result.version)
@@ -63,7 +75,9 @@ def test_register_records_lineage_and_verified_files(registry_uri, model_name, t
         assert (files / rel).read_bytes() == (src / rel).read_bytes()
 
 
-def test_promotion_moves_aliases_and_rollback_restores(registry_uri, model_name, tmp_path, make_model, make_decision):
+def test_promotion_moves_aliases_and_rollback_restores(
+    registry_uri, model_name, tmp_path, make_model, make_decision
+):
     v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
     first = promote(
         PromoteConfig(
@@ -148,13 +162,18 @@ def test_stale_gate_is_a_conflict(registry_uri, model_name, tmp_path, make_model
     assert registry.get_version(model_name, v2).tags["promotion"] == "conflict"
 
 
-def test_concurrent_promotions_exactly_one_wins(registry_uri, model_name, tmp_path, make_model, make_decision):
+def test_concurrent_promotions_exactly_one_wins(
+    registry_uri, model_name, tmp_path, make_model, make_decision
+):
     """Two pipelines that both evaluated against production v1 finish at once: one promotes, one conflicts."""
     v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
     decision_none = make_decision(tmp_path / "d0.json", passed=True, baseline_version=None)
     base = {"registry_uri": registry_uri, "model_name": model_name}
     assert promote(PromoteConfig(version=v1, decision=decision_none, **base)).outcome == "promoted"
-    racers = [_register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=s).version for s in (2, 3)]
+    racers = [
+        _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=s).version
+        for s in (2, 3)
+    ]
     decision = make_decision(tmp_path / "d1.json", passed=True, baseline_version=v1)
 
     barrier = threading.Barrier(len(racers))

@@ -1,0 +1,201 @@
+"""The promotion lock's mutual exclusion, abandoned locks, and uploads that fail half-way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from components.promote.registry import LOCK_SUFFIX, PRODUCTION, LockTimeout, RegistryError, open_registry
+from components.promote.step import (
+    PromoteConfig,
+    RegisterConfig,
+    promote,
+    register_candidate,
+    resolve_production,
+)
+from components.shared import storage
+
+
+def test_lock_is_mutually_exclusive(registry_uri: str, model_name: str) -> None:
+    """Three threads with their own clients: never two inside the critical section at once."""
+    inside, max_inside, entries = 0, 0, 0
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def worker() -> None:
+        nonlocal inside, max_inside, entries
+        registry = open_registry(registry_uri)
+        try:
+            start.wait()
+            for _ in range(2):
+                with registry.lock(model_name, owner=threading.current_thread().name, timeout_s=60):
+                    with guard:
+                        inside += 1
+                        entries += 1
+                        max_inside = max(max_inside, inside)
+                    time.sleep(0.02)
+                    with guard:
+                        inside -= 1
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert entries == 6 and max_inside == 1
+
+
+def test_abandoned_lock_is_broken_and_a_live_one_is_not(registry_uri: str, model_name: str) -> None:
+    registry = open_registry(registry_uri)
+    lock_name = model_name + LOCK_SUFFIX
+    # A run that crashed while holding the lock two minutes ago (TTL 60 s).
+    registry.client.create_registered_model(
+        lock_name,
+        tags={
+            "owner": "dead-run",
+            "holder": "crashed",
+            "acquired_at": f"{time.time() - 120:.3f}",
+            "ttl_s": "60",
+        },
+    )
+    with registry.lock(model_name, owner="me", timeout_s=10, ttl_s=60) as lease:
+        assert registry._lock_holder(lock_name)["owner"] == lease.owner
+        # While we hold it, a second run waits and then times out with the holder's name.
+        other = open_registry(registry_uri)
+        with (
+            pytest.raises(LockTimeout, match="held by me"),
+            other.lock(model_name, owner="second", timeout_s=0.5, ttl_s=60),
+        ):
+            pass
+    assert registry._lock_holder(lock_name) is None
+    assert registry._lock_holder(f"{lock_name}.stale-dead-run") is not None  # kept for the audit trail
+
+
+def _model_with_big_file(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "a_model_index.json").write_text("{}")
+    (path / "b_weights.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    return path
+
+
+def test_upload_that_fails_half_way_registers_nothing(
+    registry_uri: str, model_name: str, gcs_bucket: str, tmp_path: Path, make_decision
+) -> None:
+    """The trainer (here: a thread) rewrites the weights while they upload: no version, a clear error."""
+    model = _model_with_big_file(tmp_path / "m")
+    artifact_root = storage.join(gcs_bucket, "registry")
+    weights = model / "b_weights.bin"
+    stop = threading.Event()
+
+    def rewrite_weights_once_upload_started() -> None:
+        # The first file is uploaded before the 6 MiB one, whose 24 chunks take far longer than this poll.
+        while not stop.is_set():
+            if any(u.endswith("a_model_index.json") for u in storage.list_files(artifact_root)):
+                with open(weights, "r+b") as f:
+                    f.write(os.urandom(1024))
+                return
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=rewrite_weights_once_upload_started)
+    writer.start()
+    try:
+        with pytest.raises(RegistryError) as err:
+            register_candidate(
+                RegisterConfig(
+                    registry_uri=registry_uri,
+                    artifact_root=artifact_root,
+                    model_name=model_name,
+                    candidate_model=str(model),
+                    decision=make_decision(tmp_path / "d.json", passed=True, baseline_version=None),
+                    upload_chunk_size_mib=1,
+                )
+            )
+    finally:
+        stop.set()
+        writer.join()
+    message = str(err.value)
+    assert "Nothing was registered" in message and "b_weights.bin" in message and "CRC32C" in message
+    registry = open_registry(registry_uri)
+    assert registry.list_versions(model_name) == []
+    run_id = message.split("(run ")[1].split(" ")[0]
+    assert registry.client.get_run(run_id).info.status == "FAILED"
+    assert not any("b_weights" in u for u in storage.list_files(artifact_root)), "partial files left behind"
+
+
+def test_registration_on_gcs_and_resolve_production(
+    registry_uri: str, model_name: str, gcs_bucket: str, tmp_path: Path, make_model, make_decision
+) -> None:
+    artifact_root = storage.join(gcs_bucket, "registry")
+    result = promote(
+        PromoteConfig(
+            registry_uri=registry_uri,
+            artifact_root=artifact_root,
+            model_name=model_name,
+            candidate_model=str(make_model(tmp_path / "m", seed=7)),
+            decision=make_decision(tmp_path / "d.json", passed=True, baseline_version=None),
+            upload_chunk_size_mib=1,
+        )
+    )
+    assert result.outcome == "promoted"
+    uri, version = resolve_production(registry_uri, model_name, "fallback")
+    assert version == result.version and uri.startswith(artifact_root)
+    assert storage.read_json(storage.join(uri, "model_index.json"))["seed"] == 7
+    manifest = storage.read_json(storage.join(uri, "dkto_manifest.json"))
+    assert set(manifest) == {
+        "model_index.json",
+        "training_summary.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    }
+
+
+_RACER = """
+import sys
+from components.promote.step import PromoteConfig, promote
+r = promote(PromoteConfig(registry_uri=sys.argv[1], model_name=sys.argv[2], version=sys.argv[3],
+                          decision=sys.argv[4], pipeline_run_id="proc-" + sys.argv[3]))
+print("OUTCOME", r.outcome)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_promotions_in_separate_processes(
+    embedded_registry_uri: str, model_name: str, tmp_path: Path, make_model, make_decision
+) -> None:
+    """Two processes on the embedded SQLite store, as two pipeline pods on one node would be."""
+    versions = []
+    for seed in (1, 2):
+        versions.append(
+            register_candidate(
+                RegisterConfig(
+                    registry_uri=embedded_registry_uri,
+                    model_name=model_name,
+                    candidate_model=str(make_model(tmp_path / f"m{seed}", seed=seed)),
+                )
+            ).version
+        )
+    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, embedded_registry_uri, model_name, v, decision],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in versions
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    outcomes = sorted(o[0].split("OUTCOME ")[1].strip() for o in outs)
+    assert outcomes == ["conflict", "promoted"]
+    winner = versions[[("OUTCOME promoted" in o[0]) for o in outs].index(True)]
+    assert open_registry(embedded_registry_uri).aliases(model_name)[PRODUCTION] == winner
