@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import good_records, write_records  # type: ignore[import-not-found]
+from ingest_fixtures import good_records, write_records  # type: ignore[import-not-found]
 
 from components.ingest.pipeline import IngestError
 from components.ingest.step import IngestConfig, run
