@@ -6,50 +6,7 @@ from pathlib import Path
 
 import pytest
 
-
-def build_tiny_clip(path: Path, *, seed: int = 0, projection_dim: int = 16, image_size: int = 32) -> Path:
-    """A CLIPModel with a 2-layer text and vision tower, its tokenizer, and an aesthetic head, saved."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from components.evaluate.scorers.aesthetic import build_aesthetic_head
-    from components.shared.tiny_models import write_tokenizer
-
-    torch.manual_seed(seed)
-    write_tokenizer(path)
-    tokenizer = CLIPTokenizer.from_pretrained(path)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "max_position_embeddings": 77,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-            "pad_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": image_size,
-            "patch_size": 8,
-        },
-        projection_dim=projection_dim,
-    )
-    model = CLIPModel(config)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    from safetensors.torch import save_file
-
-    head = build_aesthetic_head(projection_dim)
-    save_file(
-        {k: v.contiguous() for k, v in head.state_dict().items()}, str(path / "aesthetic_head.safetensors")
-    )
-    return path
+from components.evaluate.tiny_scorers import build_tiny_clip
 
 
 @pytest.fixture(scope="session")
