@@ -42,8 +42,3 @@ def durable_uri(uri: str, path: str) -> str:
     mount or a download inside the pod that disappears with it, so the registry must record ``uri``.
     """
     return uri if storage.is_gcs(uri) else path
-
-
-def as_int_list(values: list[Any]) -> list[int]:
-    """Integers of a ``List[int]`` parameter (``kfp.local`` hands them over as floats)."""
-    return [int(v) for v in values]

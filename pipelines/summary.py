@@ -39,7 +39,8 @@ def summarize_run(
         "state": state,
         "succeeded": state == SUCCEEDED,
         "error_message": error_message or None,
-        "failed_task": failed_task or None,
+        # KFP names the exit handler's group as the "task" even on success; only a failure has a culprit.
+        "failed_task": (failed_task or None) if state != SUCCEEDED else None,
         "model_name": model_name or None,
         "steps_recorded": sorted(steps),
         "gate_passed": steps.get("evaluate", {}).get("passed"),
