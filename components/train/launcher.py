@@ -172,6 +172,11 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
                     f"{completed.returncode}; see the log above"
                 )
         else:
+            if not storage.is_gcs(config.output_dir):
+                raise LaunchError(
+                    f"output_dir {config.output_dir!r}: the nodes of a TrainJob write the model themselves, "
+                    "so it must be a gs:// location (run the pipeline with a gs:// pipeline root)"
+                )
             request = trainjob_request(config_uri, result_uri, plan, job_name=_job_name(config))
             submit_and_follow(request, namespace=plan.namespace, timeout_s=plan.timeout_s)
         if not storage.exists(result_uri):
