@@ -85,6 +85,27 @@ def _hash_files(model_dir: Path, subfolders: list[str]) -> str:
     return h.hexdigest()
 
 
+def image_fingerprint(uris: list[str]) -> str:
+    """Hash of the images' identities: size and mtime locally, the server's CRC32C on gs://.
+
+    The manifest may name the same paths after the files under them changed; this catches that without
+    reading every image.
+    """
+    h = hashlib.sha256()
+    remote: dict[str, str] = {}
+    for prefix in sorted({u.rsplit("/", 1)[0] for u in uris if storage.is_gcs(u)}):
+        bucket, key = storage.split_gcs(prefix)
+        for blob in storage.gcs_client().list_blobs(bucket, prefix=key.rstrip("/") + "/"):
+            remote[f"gs://{bucket}/{blob.name}"] = f"{blob.crc32c}:{blob.size}"
+    for uri in uris:
+        if storage.is_gcs(uri):
+            h.update(f"{uri}={remote.get(uri, 'missing')}\n".encode())
+        else:
+            st = os.stat(uri)
+            h.update(f"{uri}={st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def cache_key(model_dir: Path, data: TrainData, resolution: int, hflip: bool) -> str:
     """Hash of everything the cached tensors depend on."""
     model_hash = _hash_files(model_dir, ["vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"])
@@ -93,6 +114,7 @@ def cache_key(model_dir: Path, data: TrainData, resolution: int, hflip: bool) ->
             "format": CACHE_FORMAT,
             "model": model_hash,
             "data": data.data_hash,
+            "images": image_fingerprint(data.image_uris),
             "resolution": resolution,
             "hflip": hflip,
         },
@@ -274,30 +296,7 @@ def build_or_load_cache(
     finally:
         shutil.rmtree(local, ignore_errors=True)
     del encoders
-    return _load(uri, key) if storage.is_gcs(uri) else _from_memory(images, embeds, pooled, index, key, hflip)
-
-
-def _from_memory(
-    images: dict[str, torch.Tensor],
-    embeds: torch.Tensor,
-    pooled: torch.Tensor | None,
-    index: dict,
-    key: str,
-    hflip: bool,
-) -> EncodedData:
-    mean, std = images["mean"], images["std"]
-    if hflip:
-        mean = torch.cat([mean, images["mean_flipped"]])
-        std = torch.cat([std, images["std_flipped"]])
-    return EncodedData(
-        latent_mean=mean,
-        latent_std=std,
-        prompt_embeds=embeds,
-        pooled_prompt_embeds=pooled,
-        scaling_factor=float(index["scaling_factor"]),
-        shift_factor=float(index.get("shift_factor") or 0.0),
-        n_images=int(index["n_images"]),
-        hflip=hflip,
-        key=key,
-        hit=False,
-    )
+    # Read back what was stored, so a run that built the cache trains on exactly what later runs will load.
+    loaded = _load(uri, key)
+    loaded.hit = False
+    return loaded

@@ -154,7 +154,9 @@ def test_resume_and_sigterm_match_an_uninterrupted_run(
         assert not different, f"resumed run {name} differs from the straight run in {different[:3]}"
 
 
-def test_cache_is_reused_and_invalidated_by_new_data(make_config: Any, tmp_path: Path) -> None:
+def test_cache_is_reused_and_invalidated_by_new_data(
+    make_config: Any, tmp_path: Path, manifest_writer: Any
+) -> None:
     from diffusers.models.autoencoders.vae import Encoder
 
     calls = {"n": 0}
@@ -170,7 +172,7 @@ def test_cache_is_reused_and_invalidated_by_new_data(make_config: Any, tmp_path:
         calls["n"] = 0
         second = run(make_config(max_steps=1))
         assert second.cache_hit and calls["n"] == 0, "the second run ran the VAE despite a complete cache"
-        changed = manifest_writer(tmp_path / "data2", seed=1)
+        changed = manifest_writer(tmp_path / "data2", n_prompts=3, seed=1)
         third = run(make_config(max_steps=1, train_data=str(changed)))
         assert not third.cache_hit and calls["n"] > 0
         assert third.data_hash != second.data_hash
