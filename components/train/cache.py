@@ -158,7 +158,10 @@ def encode_prompts(
 def _encode_images(
     encoders: Any, data: TrainData, resolution: int, hflip: bool, batch_size: int, workers: int
 ) -> dict[str, torch.Tensor]:
-    means, stds, fmeans, fstds = [], [], [], []
+    means: list[torch.Tensor] = []
+    stds: list[torch.Tensor] = []
+    fmeans: list[torch.Tensor] = []
+    fstds: list[torch.Tensor] = []
     vae = encoders.vae
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:

@@ -168,12 +168,12 @@ def load_image(uri: str, resolution: int) -> torch.Tensor:
     """
     from PIL import Image
 
-    with Image.open(io.BytesIO(storage.read_bytes(uri))) as img:
-        img = img.convert("RGB")
+    with Image.open(io.BytesIO(storage.read_bytes(uri))) as raw:
+        img: Image.Image = raw.convert("RGB")
         w, h = img.size
         scale = resolution / min(w, h)
         nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
         left, top = (nw - resolution) // 2, (nh - resolution) // 2
         img = img.crop((left, top, left + resolution, top + resolution))
         arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0

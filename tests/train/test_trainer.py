@@ -39,12 +39,18 @@ def generate(model: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("objective", "use_lora"), [("kto", False), ("sft", False), ("dpo", False), ("kto", True)]
+    ("objective", "use_lora", "extra"),
+    [
+        ("kto", False, {}),
+        ("sft", False, {}),
+        ("dpo", False, {"hflip": True}),
+        ("kto", True, {"hflip": True, "reference_point": "unpaired", "gradient_accumulation_steps": 2}),
+    ],
 )
 def test_two_step_run_exports_a_loadable_model(
-    make_config: Any, tiny_sd: Path, objective: str, use_lora: bool
+    make_config: Any, tiny_sd: Path, objective: str, use_lora: bool, extra: dict[str, Any]
 ) -> None:
-    config = make_config(objective=objective, use_lora=use_lora)
+    config = make_config(objective=objective, use_lora=use_lora, **extra)
     before = load_file(str(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"))
     result = run(config)
     out = Path(config.output_dir)
