@@ -371,7 +371,7 @@ def ingest(config: IngestConfig) -> IngestResult:
     q_c = telemetry.counter("events_quarantined_total", "Records quarantined, by reason", ("reason",))
     for reason, count in by_reason.items():
         q_c.labels(reason=reason).inc(count)
-    telemetry.gauge("events_total", "Rows of events.parquet after this run").set(events.num_rows)
+    telemetry.gauge("events_stored", "Rows of events.parquet after this run").set(events.num_rows)
 
     fraction = n_quarantined / n_read if n_read else 0.0
     storage.write_parquet(quarantine_table, quarantine_uri)

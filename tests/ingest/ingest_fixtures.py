@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +89,43 @@ def good_records(prefix: str = "e") -> list[dict[str, Any]]:
             "seed": 7,
         },
     ]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    """A real Debian prometheus-pushgateway on 127.0.0.1 (the start/stop of tests/ops/conftest.py); its URL."""
+    binary = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+    if not Path(binary).exists():
+        pytest.fail(f"{binary} not found; install it with `make system-deps` (apt prometheus-pushgateway)")
+    port = _free_port()
+    log = open(tmp_path / "pushgateway.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"pushgateway exited with code {proc.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{url} was not ready after 30s")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
