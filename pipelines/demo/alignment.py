@@ -1,0 +1,174 @@
+"""The synthetic preference benchmark: does fine-tuning on the synthetic user's votes raise its like-rate?
+
+One round of the product loop, with the real steps: the base model's images for training prompts get the
+synthetic user's votes (``simulate``), ingest and label turn them into train.parquet, the trainer fine-tunes
+with each objective (Diffusion-KTO, SFT on liked images, Diffusion-DPO on liked x disliked pairs of a
+prompt) for the same number of steps and images seen, and each model's like-rate is measured on the
+held-out combinations with the same seeds. Used by ``tests/benchmarks/bench_alignment.py`` (full size)
+and ``tests/demo/test_alignment.py`` (short).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pipelines.demo import world
+from pipelines.demo.cli import BASE_MODEL, wilson_interval
+
+
+class ObjectiveSettings(BaseModel):
+    """Training settings of one objective in the benchmark (TrainConfig fields)."""
+
+    objective: str = Field(description="kto, sft or dpo.")
+    beta: float = Field(default=500.0, description="β of KTO / DPO (unused by SFT).")
+    learning_rate: float = Field(default=1e-4, description="Peak learning rate.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig fields.")
+
+
+class ModelScore(BaseModel):
+    """One model's like-rate on the held-out prompts."""
+
+    name: str
+    likes: int
+    images: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def held_out_like_rate(model: str, n_images: int, seed: int, steps: int = 20) -> tuple[int, int]:
+    """(likes, images) of ``model`` on ``n_images`` held-out prompts (each combination in turn), fixed seeds."""
+    from components.evaluate.scorers.judges import ColourMatchJudge
+    from components.shared.models import load_pipeline
+    from pipelines.demo.simulate import generate
+
+    held = world.held_out_scenes()
+    prompts = [held[i % len(held)].prompt for i in range(n_images)]
+    pipe = load_pipeline(model)
+    images = generate(pipe, prompts, seed=seed, steps=steps)
+    likes = int(ColourMatchJudge().score(images, prompts).sum())
+    return likes, len(prompts)
+
+
+def score(name: str, likes: int, n: int, **kw: Any) -> ModelScore:
+    """A ModelScore with its Wilson 95% interval."""
+    low, high = wilson_interval(likes, n)
+    return ModelScore(name=name, likes=likes, images=n, rate=likes / n, ci_low=low, ci_high=high, **kw)
+
+
+def prepare_feedback(
+    workdir: Path, n_feedback: int, seed: int, flip_probability: float = 0.0
+) -> dict[str, Any]:
+    """Simulate feedback on the base model, ingest and label it; returns paths and counts."""
+    from components.ingest.step import IngestConfig
+    from components.ingest.step import run as ingest
+    from components.label.step import LabelConfig
+    from components.label.step import run as label
+    from pipelines.demo.simulate import SimulateConfig
+    from pipelines.demo.simulate import run as simulate
+
+    fb = simulate(
+        SimulateConfig(
+            model=str(BASE_MODEL),
+            output_dir=str(workdir / "feedback"),
+            n_images=n_feedback,
+            seed=seed,
+            flip_probability=flip_probability,
+        )
+    )
+    ingest(IngestConfig.model_validate({"sources": [fb.feedback_uri], "output_dir": str(workdir / "events")}))
+    # Every prompt trains (the benchmark's evaluation prompts are the held-out combinations instead).
+    labelled = label(
+        LabelConfig.model_validate(
+            {"events": str(workdir / "events"), "output_dir": str(workdir / "labelled"), "val_fraction": 0.0}
+        )
+    )
+    return {"feedback": fb, "train_data": str(workdir / "labelled" / "train.parquet"), "label": labelled}
+
+
+def fine_tune(
+    workdir: Path,
+    train_data: str,
+    settings: ObjectiveSettings,
+    *,
+    max_steps: int,
+    images_per_step: int,
+    seed: int,
+    class_weights: tuple[float, float] = (1.0, 1.0),
+) -> tuple[str, float, int]:
+    """Train one objective; returns (model dir, seconds, images seen).
+
+    DPO's batch counts pairs, so it gets half as many pairs per step: every objective sees the same
+    number of images.
+    """
+    from components.train.step import TrainConfig
+    from components.train.step import run as train
+
+    batch = images_per_step // 2 if settings.objective == "dpo" else images_per_step
+    out = workdir / f"model-{settings.objective}"
+    fields: dict[str, Any] = {
+        "pretrained_model": str(BASE_MODEL),
+        "train_data": train_data,
+        "output_dir": str(out),
+        "checkpoint_dir": str(workdir / f"ckpt-{settings.objective}"),
+        "cache_dir": str(workdir / "train-cache"),
+        "objective": settings.objective,
+        "beta": settings.beta,
+        "learning_rate": settings.learning_rate,
+        "max_steps": max_steps,
+        "train_batch_size": batch,
+        "mixed_precision": "no",
+        "use_lora": False,
+        "resolution": world.IMAGE_SIZE,
+        "seed": seed,
+        "device": "cpu",
+        "progress_bar": False,
+        "lr_warmup_steps": max(1, max_steps // 20),
+        "caption_dropout": 0.0,
+        # The label step's class weights, as the pipeline's training task passes them.
+        "desirable_weight": class_weights[0],
+        "undesirable_weight": class_weights[1],
+        "checkpoint_every": max_steps * 10,
+        **settings.extra,
+    }
+    started = time.monotonic()
+    train(TrainConfig.model_validate(fields))
+    images_seen = max_steps * batch * (2 if settings.objective == "dpo" else 1)
+    return str(out), time.monotonic() - started, images_seen
+
+
+def run_benchmark(
+    workdir: Path,
+    objectives: list[ObjectiveSettings],
+    *,
+    n_feedback: int = 512,
+    max_steps: int = 200,
+    images_per_step: int = 16,
+    eval_images: int = 240,
+    seed: int = 0,
+    flip_probability: float = 0.0,
+) -> dict[str, Any]:
+    """Base model plus each objective, scored on the same held-out prompts and seeds."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare_feedback(workdir, n_feedback, seed, flip_probability)
+    eval_seed = 10_000 + seed
+    scores = [score("base", *held_out_like_rate(str(BASE_MODEL), eval_images, eval_seed))]
+    for settings in objectives:
+        model, seconds, seen = fine_tune(
+            workdir,
+            prepared["train_data"],
+            settings,
+            max_steps=max_steps,
+            images_per_step=images_per_step,
+            seed=seed,
+            class_weights=(prepared["label"].desirable_weight, prepared["label"].undesirable_weight),
+        )
+        likes, n = held_out_like_rate(model, eval_images, eval_seed)
+        scores.append(score(settings.objective, likes, n, train_seconds=round(seconds, 1), images_seen=seen))
+    return {"feedback": prepared["feedback"], "label": prepared["label"], "scores": scores}
