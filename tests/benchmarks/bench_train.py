@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -318,7 +318,7 @@ def bench_sd15(args: argparse.Namespace) -> dict[str, Any]:
     from components.shared.tiny_models import write_tokenizer
 
     device = torch.device(args.device)
-    mixed = "no" if args.dtype == "fp32" else "bf16"
+    mixed: Literal["no", "bf16"] = "no" if args.dtype == "fp32" else "bf16"
     accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
     compute = torch.bfloat16 if mixed == "bf16" else torch.float32
     latent = args.resolution // 8
