@@ -12,6 +12,7 @@ production pointing at an unverified model or rollback pointing at the wrong one
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from components.promote.registry import (
     ModelVersion,
     RegistryError,
     open_registry,
+    storage_uri,
 )
 from components.promote.step import (
     PromoteConfig,
@@ -70,6 +72,13 @@ def _read_optional_json(uri: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _absolute(uri: str | None) -> str | None:
+    """Local paths are recorded absolute so the lineage tag still points at the files from elsewhere."""
+    if uri is None or storage.is_gcs(uri) or storage_uri(uri) != uri:
+        return uri
+    return str(Path(uri).resolve())
+
+
 def gate_tags(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
     """Tags recording the gate's verdict, its reasons and its numbers (one tag per metric statistic)."""
     tags = {
@@ -104,7 +113,7 @@ def lineage_tags(config: RegisterConfig) -> dict[str, str]:
         "code_version": config.code_version or summary.get("code_version"),
         "pipeline_run_id": config.run_id(),
         "registered_at": _now(),
-        "candidate_model": config.candidate_model,
+        "candidate_model": _absolute(config.candidate_model),
     }
     out = {k: str(v) for k, v in tags.items() if v is not None}
     out.update({k: str(v) for k, v in config.extra_tags.items()})
@@ -293,7 +302,7 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
         if current != expected:
             telemetry.counter("conflicts_total", "Promotions refused because production moved").inc()
             message = (
-                f"conflict: the gate compared version {version} against production "
+                f"the gate compared version {version} against production "
                 f"{expected or 'nothing'}, but production is now {current or 'nothing'} (another run "
                 "promoted in between); production not moved. Re-evaluate against the new production."
             )
@@ -379,18 +388,17 @@ def resolve_production_impl(
 
 def files_for(registry: MlflowRegistry, version: ModelVersion) -> str:
     """A URI ``components.shared.storage`` can read for a version's files (downloads proxied artifacts)."""
-    uri = version.files_uri
-    if storage.is_gcs(uri) or "://" not in uri:
-        return uri
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
+    direct = storage_uri(version.files_uri)
+    if direct is not None:
+        return direct
     import mlflow.artifacts
 
-    dest = storage.cache_root() / "registry" / f"{version.name}-{version.version}"
+    registry_key = hashlib.sha256(registry.uri.encode()).hexdigest()[:12]
+    dest = storage.cache_root() / "registry" / registry_key / f"{version.name}-{version.version}"
     if not (dest / ".complete").exists():
         dest.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(
             artifact_uri=f"runs:/{version.run_id}/model", dst_path=str(dest), tracking_uri=registry.uri
         )
-        (dest / ".complete").write_text(uri)
+        (dest / ".complete").write_text(version.files_uri)
     return str(Path(dest) / "model")

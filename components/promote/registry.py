@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -141,6 +142,21 @@ class Registry(Protocol):
     ) -> bool:
         """Under the lock: move ``alias`` to ``new_version`` only if it points at ``expected_version``."""
         ...
+
+
+def storage_uri(uri: str) -> str | None:
+    """``uri`` as ``components.shared.storage`` reads it (local path or gs://), or None for other schemes.
+
+    ``file://`` URIs become paths; ``mlflow-artifacts:/…`` (an MLflow server proxying its artifacts),
+    ``s3://`` and the like are None: they go through the MLflow client instead.
+    """
+    if storage.is_gcs(uri):
+        return uri
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", uri):
+        return None
+    return uri
 
 
 def _is_already_exists(err: Exception) -> bool:
@@ -345,9 +361,9 @@ class MlflowRegistry:
     ) -> str:
         """Copy the files under the run and verify them; returns where they are."""
         dest = f"{artifact_uri}/{MODEL_SUBDIR}"
-        if artifact_uri.startswith("file://"):
-            dest = artifact_uri[len("file://") :] + f"/{MODEL_SUBDIR}"
-        if storage.is_gcs(dest) or "://" not in dest:
+        direct = storage_uri(dest)
+        if direct is not None:
+            dest = direct
             storage.upload_dir(local, dest, chunk_size=chunk_size, manifest=manifest)
             storage.write_json(storage.join(dest, MANIFEST_FILE), manifest)
             return dest
@@ -375,9 +391,10 @@ class MlflowRegistry:
             self.client.set_tag(run_id, "dkto.error", f"{type(err).__name__}: {err}"[:4000])
             self.client.set_terminated(run_id, "FAILED")
         # Partial files are never referenced by a version; removing them just saves space.
-        if storage.is_gcs(files_uri) or "://" not in files_uri:
+        direct = storage_uri(files_uri)
+        if direct is not None:
             with contextlib.suppress(Exception):
-                storage.delete(files_uri)
+                storage.delete(direct)
 
     # ------------------------------------------------------------ the promotion lock
 

@@ -64,6 +64,9 @@ def test_register_records_lineage_and_verified_files(
     assert tags["pipeline_run_id"] == "run-1"
     assert version.source == f"runs:/{version.run_id}/model"
     assert version.aliases == [CANDIDATE]
+    # The server proxies artifacts (uploaded through MLflow); the embedded store writes them directly.
+    proxied = registry_uri.startswith("http")
+    assert (storage_uri(version.files_uri) is None) == proxied, version.files_uri
     # The registered files are byte-identical to the candidate's.
     model_uri, prod_version = resolve_production(registry_uri, model_name, "fallback")
     assert (model_uri, prod_version) == ("fallback", None)
@@ -202,3 +205,31 @@ def test_concurrent_promotions_exactly_one_wins(
     assert aliases[PRODUCTION] == winner and aliases[PREVIOUS_PRODUCTION] == v1
     assert registry.get_version(model_name, v1).tags["replaced_by_version"] == winner
     assert not registry._lock_holder(model_name + ".promotion-lock"), "lock left behind"
+
+
+def test_crash_after_the_commit_write_is_repaired(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """A promotion that died right after moving production (before previous-production): rollback still
+    goes to the version production replaced, and the stale alias is repaired under the lock."""
+    uri = embedded_registry_uri
+    versions = [
+        _register(uri, model_name, tmp_path, make_model, make_decision, seed=s).version for s in (1, 2, 3)
+    ]
+    v1, v2, v3 = versions
+    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
+    assert promote(
+        PromoteConfig(registry_uri=uri, model_name=model_name, version=v1, decision=decision)
+    ).promoted
+    decision = make_decision(tmp_path / "d2.json", passed=True, baseline_version=v1)
+    assert promote(
+        PromoteConfig(registry_uri=uri, model_name=model_name, version=v2, decision=decision)
+    ).promoted
+    registry = open_registry(uri)
+    # The writes a promotion of v3 makes up to and including its commit point, then nothing more.
+    registry.set_tags(model_name, v3, {"promotion.replaces_version": v2})
+    registry.set_alias(model_name, PRODUCTION, v3)
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1  # stale: should be v2
+    back = rollback(RollbackConfig(registry_uri=uri, model_name=model_name))
+    assert (back.production_before, back.production_after) == (v3, v2)
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v3
