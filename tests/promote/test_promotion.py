@@ -14,6 +14,7 @@ from components.promote.registry import (
     PRODUCTION,
     RegistryError,
     open_registry,
+    storage_uri,
 )
 from components.promote.step import (
     PromoteConfig,
