@@ -87,6 +87,9 @@ def gate_tags(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
         "gate.baseline_version": str(decision.get("baseline_version") or "none"),
         "gate.decision_uri": decision_uri,
     }
+    if decision.get("candidate_model"):
+        # What the gate actually evaluated, to compare with the registered files' origin when auditing.
+        tags["gate.candidate_model"] = str(decision["candidate_model"])
     if decision.get("primary_metric"):
         tags["gate.primary_metric"] = str(decision["primary_metric"])
     if decision.get("n_prompts") is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from components.promote.promotion import promote_impl
 from components.promote.registry import (
     CANDIDATE,
     PREVIOUS_PRODUCTION,
@@ -26,6 +27,7 @@ from components.promote.step import (
     rollback,
 )
 from components.shared import storage
+from components.shared.telemetry import StepTelemetry
 
 
 def _register(
@@ -158,8 +160,13 @@ def test_stale_gate_is_a_conflict(registry_uri, model_name, tmp_path, make_model
     v2 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=2).version
     decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
     cfg = {"registry_uri": registry_uri, "model_name": model_name, "decision": decision}
-    assert promote(PromoteConfig(version=v1, **cfg)).outcome == "promoted"
-    late = promote(PromoteConfig(version=v2, **cfg))
+    telemetry = StepTelemetry("promote", run_id="test")
+    assert promote_impl(PromoteConfig(version=v1, **cfg), telemetry).outcome == "promoted"
+    late = promote_impl(PromoteConfig(version=v2, **cfg), telemetry)
+    counts = {
+        m: telemetry.registry.get_sample_value(f"dkto_promote_{m}_total") for m in ("promotions", "conflicts")
+    }
+    assert counts == {"promotions": 1.0, "conflicts": 1.0}
     assert late.outcome == "conflict" and "production is now " + v1 in late.message
     registry = open_registry(registry_uri)
     assert registry.aliases(model_name)[PRODUCTION] == v1
