@@ -111,7 +111,7 @@ class RegisterConfig(RegistryConfig):
         8,
         ge=1,
         description="Files larger than this go to GCS as resumable uploads in chunks of this size (MiB); "
-        "each chunk is retried and resumed from the server's offset on a transient error.",
+        "each chunk continues from the offset the server confirmed and is retried on a transient error.",
     )
 
 

@@ -306,8 +306,8 @@ def upload_file(
     """Upload one file to GCS and verify the server's CRC32C (and size) against the local file.
 
     Files above ``chunk_size`` (default: the client's 8 MiB multipart limit) go up as resumable uploads:
-    each chunk is retried, and a retried chunk resumes from the offset the server reports, so a transient
-    network error does not restart the file. ``expected_crc32c``/``expected_size`` (from
+    each chunk continues from the byte offset the server has confirmed, and a chunk that hits a transient
+    network error is retried on its own instead of restarting the file. ``expected_crc32c``/``expected_size`` (from
     ``file_manifest``) pin what must arrive; the CRC is also sent to GCS, which refuses a mismatching
     object itself. A mismatch raises ``StorageError``, so callers never treat a corrupt upload as done.
     """
