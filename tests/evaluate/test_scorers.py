@@ -187,3 +187,44 @@ def test_hps_without_open_clip_names_the_extra() -> None:
 def test_imagereward_without_package_names_the_extra() -> None:
     with pytest.raises(ScorerError, match=r"extra 'imagereward'"):
         get_scorer("imagereward")
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
+
+
+def _has_open_clip() -> bool:
+    try:
+        import open_clip  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not _has_open_clip(), reason="optional extra 'hps' (open-clip-torch + torchvision) missing"
+)
+def test_hps_scorer_on_a_tiny_open_clip_checkpoint(tmp_path, coloured_images) -> None:
+    import open_clip
+    import torch
+
+    open_clip.factory._MODEL_CONFIGS["dkto-tiny-test"] = TINY_OPEN_CLIP
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "dkto-tiny-test", pretrained=None, output_dict=True
+    )
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "HPS_tiny.pt")
+    scorer = get_scorer(
+        "hps", model_path=str(tmp_path / "HPS_tiny.pt"), batch_size=4, architecture="dkto-tiny-test"
+    )
+    assert scorer.name == "hps"
+    scores = scorer.score(coloured_images, PROMPTS)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("dkto-tiny-test")
+    with torch.inference_mode():
+        out = model(torch.stack([preprocess(im) for im in coloured_images]), tokenizer(PROMPTS))
+    expected = (out["image_features"] @ out["text_features"].T).diagonal().double().numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)

@@ -237,3 +237,34 @@ def test_telemetry_gauges_are_pushed(tmp_path, tiny_sd, tiny_clip, prompts_file)
     assert (
         "dkto_evaluate_metric_mean{" in text and 'metric="clip_score"' in text and 'model="baseline"' in text
     )
+
+
+def test_dkto_evaluate_command_prints_the_verdict_and_can_fail_the_shell(
+    tmp_path, tiny_sd, tiny_clip, prompts_file
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    config = tmp_path / "evaluate.yaml"
+    config.write_text(
+        f"candidate_model: {tiny_sd}\nbaseline_model: {tmp_path / 'missing'}\nprompts: {prompts_file}\n"
+        f"output_dir: {tmp_path / 'out'}\nscorers: [clip_score]\nscorer_models: {{clip_score: {tiny_clip}}}\n"
+        "gate: {primary_metric: clip_score}\n"
+    )
+    args = [
+        "evaluate",
+        "--config",
+        str(config),
+        "--set",
+        "images_per_prompt=1",
+        "--set",
+        "num_inference_steps=1",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "gate FAILED on 0 prompts" in result.output and "baseline (production) model" in result.output
+    strict = CliRunner().invoke(app, [*args, "--fail-on-reject"])
+    assert strict.exit_code == 1
+    bad = CliRunner().invoke(app, [*args, "--set", "gate.primary_metric=pickscore"])
+    assert bad.exit_code == 2 and "not in scorers" in bad.output

@@ -65,7 +65,9 @@ class HPSv2Scorer(Scorer):
         open_clip = import_open_clip()
         import torch
 
-        model, _, preprocess_val = open_clip.create_model_and_transforms(architecture, pretrained=None)
+        model, _, preprocess_val = open_clip.create_model_and_transforms(
+            architecture, pretrained=None, output_dict=True
+        )
         try:
             state = torch.load(
                 io.BytesIO(_checkpoint_bytes(str(self.model_path))), map_location="cpu", weights_only=False
@@ -86,10 +88,10 @@ class HPSv2Scorer(Scorer):
         pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
         text = self.tokenizer(prompts).to(self.device)
         with torch.inference_mode():
-            out = self.model(pixels, text)
-        return hps_from_features(
-            out["image_features"].float().cpu().numpy(), out["text_features"].float().cpu().numpy()
-        )
+            # What HPS v2's forward returns as image_features / text_features (L2-normalised).
+            image_features = self.model.encode_image(pixels, normalize=True)
+            text_features = self.model.encode_text(text, normalize=True)
+        return hps_from_features(image_features.float().cpu().numpy(), text_features.float().cpu().numpy())
 
 
 def _checkpoint_bytes(path: str) -> bytes:
