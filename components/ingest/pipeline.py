@@ -30,6 +30,10 @@ from components.shared.telemetry import StepTelemetry
 CONTENT_COLUMNS = ("prompt", "image_uri", "feedback", "score", "other_image_uri", "user_id", "model_version")
 
 
+# What became of each candidate row (int8 codes: cheap to compare over millions of rows).
+ACCEPTED, DUPLICATE, CONFLICT, CONFLICT_PREVIOUS, IMAGE_FAILED, OTHER_IMAGE_FAILED, INVALID = range(7)
+
+
 class IngestError(RuntimeError):
     """The run cannot produce a trustworthy events table; the message says why and what to look at."""
 
@@ -48,9 +52,13 @@ def _source_column(source: str, n: int) -> pa.Array:
     )
 
 
-def _row_raw(row: dict[str, Any]) -> str:
+def _row_raw(row: dict[str, Any], batch: RawBatch) -> str:
+    """The record as it was read: the verbatim JSONL line, else the row as sorted JSON."""
     if row.get("_raw"):
         return str(row["_raw"]).rstrip("\r\n")
+    line = batch.raw_line(int(row["_row"]))
+    if line is not None:
+        return line
     rec = {k: v for k, v in row.items() if not k.startswith("_") and v is not None}
     return json.dumps(rec, default=str, sort_keys=True)
 
@@ -122,8 +130,12 @@ def ingest(config: IngestConfig) -> IngestResult:
     batches, sources, quarantined = _read_sources(config, image_store)
     now = utc_now()
 
-    # 1. record-level checks, batch by batch (relative URIs resolve against their own file's directory)
-    valid_parts: list[pa.Table] = []
+    # 1. record-level checks, batch by batch (relative URIs resolve against their own file's directory).
+    # Rows are not filtered here: the rows that fail are marked INVALID and the one filter that builds
+    # events.parquet (step 6) drops them, so no full-table copy is made per batch.
+    parts: list[pa.Table] = []
+    part_batches: list[RawBatch] = []
+    invalid_parts: list[np.ndarray] = []
     for batch in batches:
         quarantined.extend(batch.quarantined)
         t = batch.table
@@ -141,7 +153,7 @@ def ingest(config: IngestConfig) -> IngestResult:
             for i, row in zip(idx, rows, strict=True):
                 quarantined.append(
                     QuarantinedRecord(
-                        _row_raw(row),
+                        _row_raw(row, batch),
                         batch.source,
                         int(row["_row"]),
                         str(checked.reasons[i]),
@@ -149,42 +161,49 @@ def ingest(config: IngestConfig) -> IngestResult:
                         row.get("event_id"),
                     )
                 )
-        keep = pa.array(~bad)
-        good = pa.table(
-            {
-                "event_id": t.column("event_id"),
-                "source": _source_column(batch.source, t.num_rows),
-                "prompt": t.column("prompt"),
-                "image_uri": checked.image_uri,
-                "feedback": t.column("feedback"),
-                "score": t.column("score"),
-                "other_image_uri": checked.other_image_uri,
-                "user_id": t.column("user_id"),
-                "created_at": checked.created_at,
-                "model_version": t.column("model_version"),
-                "metadata": t.column("metadata"),
-                "_row": t.column("_row"),
-                "_raw": t.column("_raw"),
-            }
-        ).filter(keep)
-        valid_parts.append(good)
+        parts.append(
+            pa.table(
+                {
+                    "event_id": t.column("event_id"),
+                    "source": _source_column(batch.source, t.num_rows),
+                    "prompt": t.column("prompt"),
+                    "image_uri": checked.image_uri,
+                    "feedback": t.column("feedback"),
+                    "score": t.column("score"),
+                    "other_image_uri": checked.other_image_uri,
+                    "user_id": t.column("user_id"),
+                    "created_at": checked.created_at,
+                    "model_version": t.column("model_version"),
+                    "metadata": t.column("metadata"),
+                    "_row": t.column("_row"),
+                    "_raw": t.column("_raw"),
+                }
+            )
+        )
+        part_batches.append(batch)
+        invalid_parts.append(bad)
     blank_lines = sum(b.blank_lines for b in batches)
-    del batches
-    candidates = pa.concat_tables(valid_parts) if valid_parts else _empty_candidates()
-    del valid_parts
-    n_read = candidates.num_rows + len(quarantined)
+    candidates = pa.concat_tables(parts) if parts else _empty_candidates()
+    part_starts = np.cumsum([0] + [p.num_rows for p in parts])
+    del parts
+    n = candidates.num_rows
+    state = np.full(n, ACCEPTED, dtype=np.int8)
+    if invalid_parts:
+        state[np.concatenate(invalid_parts)] = INVALID
+    n_read = int((state != INVALID).sum()) + len(quarantined)
+
+    def raw_of(i: int, row: dict[str, Any]) -> str:
+        return _row_raw(row, part_batches[int(np.searchsorted(part_starts, i, side="right")) - 1])
 
     # 2. de-duplicate within the run; an id with two different contents is a conflict, quarantined both ways.
     # Only ids that occur more than once need their content compared (a hash count over all ids, then the
-    # grouping on that small subset).
-    n = candidates.num_rows
+    # grouping on that small subset of valid rows).
     ids = candidates.column("event_id")
-    first = np.ones(n, dtype=bool)
-    conflict = np.zeros(n, dtype=bool)
     counts = pc.value_counts(ids)
     repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     if len(repeated):
-        rep_idx = np.flatnonzero(pc.is_in(ids, repeated).to_numpy(zero_copy_only=False))
+        in_repeated = pc.fill_null(pc.is_in(ids, repeated), False).to_numpy(zero_copy_only=False)
+        rep_idx = np.flatnonzero(in_repeated & (state == ACCEPTED))
         sub = candidates.take(pa.array(rep_idx))
         groups = (
             pa.table({"event_id": sub.column("event_id"), "key": _content_key(sub), "i": pa.array(rep_idx)})
@@ -192,16 +211,13 @@ def ingest(config: IngestConfig) -> IngestResult:
             .aggregate([("key", "count_distinct"), ("i", "min")])
         )
         conflict_ids = groups.filter(pc.greater(groups.column("key_count_distinct"), 1)).column("event_id")
-        first[rep_idx] = False
-        first[groups.filter(pc.equal(groups.column("key_count_distinct"), 1)).column("i_min").to_numpy()] = (
-            True
-        )
+        first = np.zeros(len(rep_idx), dtype=bool)
+        firsts = groups.filter(pc.equal(groups.column("key_count_distinct"), 1)).column("i_min").to_numpy()
+        first[np.searchsorted(rep_idx, firsts)] = True
+        state[rep_idx[~first]] = DUPLICATE
         if len(conflict_ids):
-            conflict[
-                rep_idx[pc.is_in(sub.column("event_id"), conflict_ids).to_numpy(zero_copy_only=False)]
-            ] = True
-    duplicate = ~first & ~conflict
-    state = np.where(conflict, "conflict", np.where(duplicate, "duplicate", "accepted")).astype(object)
+            conflict = pc.is_in(sub.column("event_id"), conflict_ids).to_numpy(zero_copy_only=False)
+            state[rep_idx[conflict]] = CONFLICT
 
     # 3. against the previous output: same id + same content = duplicate, same id + other content = conflict
     previous = None
@@ -211,7 +227,7 @@ def ingest(config: IngestConfig) -> IngestResult:
             prev_uri = storage.join(prev_uri, "events.parquet")
         if storage.exists(prev_uri):
             previous = storage.read_parquet(prev_uri)
-            acc_idx = np.flatnonzero(state == "accepted")
+            acc_idx = np.flatnonzero(state == ACCEPTED)
             seen = pc.is_in(ids.take(pa.array(acc_idx)), previous.column("event_id")).to_numpy(
                 zero_copy_only=False
             )
@@ -230,8 +246,8 @@ def ingest(config: IngestConfig) -> IngestResult:
                     zero_copy_only=False
                 )
                 jj = joined.column("i").to_numpy()
-                state[jj[same]] = "duplicate"
-                state[jj[~same]] = "conflict_previous"
+                state[jj[same]] = DUPLICATE
+                state[jj[~same]] = CONFLICT_PREVIOUS
         else:
             log.warning("previous output %s not found: starting from scratch", prev_uri)
 
@@ -248,7 +264,7 @@ def ingest(config: IngestConfig) -> IngestResult:
             )
             known.update(zip(pairs.column("u").to_pylist(), pairs.column("s").to_pylist(), strict=True))
     if config.check_images:
-        acc = state == "accepted"
+        acc = state == ACCEPTED
         acc_idx = pa.array(np.flatnonzero(acc))
         uris = set(candidates.column("image_uri").take(acc_idx).to_pylist())
         uris |= {u for u in candidates.column("other_image_uri").take(acc_idx).to_pylist() if u}
@@ -266,14 +282,14 @@ def ingest(config: IngestConfig) -> IngestResult:
             pa.string(),
         )
         if failed:
-            bad_img = pc.is_in(candidates.column("image_uri"), pa.array(list(failed))).to_numpy(
-                zero_copy_only=False
-            )
+            bad_img = pc.fill_null(
+                pc.is_in(candidates.column("image_uri"), pa.array(list(failed))), False
+            ).to_numpy(zero_copy_only=False)
             bad_other = pc.fill_null(
                 pc.is_in(candidates.column("other_image_uri"), pa.array(list(failed))), False
             ).to_numpy(zero_copy_only=False)
-            state[acc & bad_img] = "image:image_uri"
-            state[acc & ~bad_img & bad_other] = "image:other_image_uri"
+            state[acc & bad_img] = IMAGE_FAILED
+            state[acc & ~bad_img & bad_other] = OTHER_IMAGE_FAILED
         # the same bytes under several URIs: one image, recognised by its hash (label merges them)
         by_sha: dict[str, set[str]] = {}
         for u, s in sha_of.items():
@@ -283,35 +299,36 @@ def ingest(config: IngestConfig) -> IngestResult:
         failed = {}
 
     # 5. quarantine the conflicts and failed images
-    q_idx = np.flatnonzero((state != "accepted") & (state != "duplicate"))
+    q_idx = np.flatnonzero(state >= CONFLICT)
+    q_idx = q_idx[state[q_idx] != INVALID]
     if len(q_idx):
         rows = candidates.take(pa.array(q_idx)).to_pylist()
         for i, row in zip(q_idx, rows, strict=True):
             st = state[i]
             where = f"line/row {row['_row']}"
-            if st == "conflict":
+            if st == CONFLICT:
                 reason, msg = (
                     "conflicting_event_id",
                     f"{where}: field 'event_id' {row['event_id']!r} appears with different content in this run; every record with it is quarantined",
                 )
-            elif st == "conflict_previous":
+            elif st == CONFLICT_PREVIOUS:
                 reason, msg = (
                     "conflicting_with_previous",
                     f"{where}: field 'event_id' {row['event_id']!r} is already in the previous output with different content",
                 )
             else:
-                field = st.split(":", 1)[1]
+                field = "image_uri" if st == IMAGE_FAILED else "other_image_uri"
                 check = failed[row[field]]
                 reason, msg = check.reason, f"{where}: field {field!r}: {check.message}"
             quarantined.append(
                 QuarantinedRecord(
-                    _row_raw(row), row["source"], int(row["_row"]), reason, msg, row["event_id"]
+                    raw_of(int(i), row), row["source"], int(row["_row"]), reason, msg, row["event_id"]
                 )
             )
 
-    accepted_mask = state == "accepted"
+    accepted_mask = state == ACCEPTED
     n_accepted = int(accepted_mask.sum())
-    n_duplicates = int((state == "duplicate").sum())
+    n_duplicates = int((state == DUPLICATE).sum())
     n_quarantined = len(quarantined)
     if n_read != n_accepted + n_duplicates + n_quarantined:
         raise IngestError(
@@ -320,14 +337,20 @@ def ingest(config: IngestConfig) -> IngestResult:
         )
     by_reason = dict(sorted(Counter(q.reason for q in quarantined).items()))
 
-    new_events = candidates.filter(pa.array(accepted_mask))
-    new_events = new_events.set_column(
-        new_events.column_names.index("created_at"),
-        "created_at",
-        pc.fill_null(new_events.column("created_at"), pa.scalar(now, pa.timestamp("us", tz="UTC"))),
-    )
-    new_events = new_events.append_column("image_sha256", image_sha.filter(pa.array(accepted_mask)))
-    new_events = new_events.append_column("other_image_sha256", other_sha.filter(pa.array(accepted_mask)))
+    # 6. the one filter over the event columns (the verbatim lines and row numbers are not copied)
+    keep = pa.array(accepted_mask)
+    event_columns = [c for c in EVENTS_SCHEMA.names if c not in ("image_sha256", "other_image_sha256")]
+    new_events = candidates.select(event_columns).append_column("image_sha256", image_sha)
+    new_events = new_events.append_column("other_image_sha256", other_sha)
+    if n_accepted != n:
+        new_events = new_events.filter(keep)
+    created = new_events.column("created_at")
+    if created.null_count:
+        new_events = new_events.set_column(
+            new_events.column_names.index("created_at"),
+            "created_at",
+            pc.fill_null(created, pa.scalar(now, pa.timestamp("us", tz="UTC"))),
+        )
     new_events = new_events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)
     events = (
         pa.concat_tables([previous.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA), new_events])

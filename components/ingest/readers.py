@@ -32,19 +32,6 @@ from components.shared import storage
 
 CHUNK_BYTES = 32 << 20
 
-# A JSON object whose values are strings, numbers, booleans, null, or flat objects of those: a regular
-# language, so RE2 can recognise it. Lines it accepts are guaranteed valid JSON.
-_STR = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
-_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
-_PRIM = rf"(?:{_STR}|{_NUM}|true|false|null)"
-_FLAT = rf"\{{\s*(?:{_STR}\s*:\s*{_PRIM}(?:\s*,\s*{_STR}\s*:\s*{_PRIM})*)?\s*\}}"
-_VAL = rf"(?:{_PRIM}|{_FLAT})"
-WELL_FORMED_LINE = rf"^\s*\{{\s*(?:{_STR}\s*:\s*{_VAL}(?:\s*,\s*{_STR}\s*:\s*{_VAL})*)?\s*\}}\s*$"
-# Known fields holding a value of the wrong JSON type (the per-line path names the field).
-_TEXT_FIELDS = "|".join(f for f in KNOWN_FIELDS if f not in ("score", "metadata"))
-# (ids given as JSON numbers are legal but take the per-line path, which converts them to text)
-SUSPECT_TYPES = rf'"(?:{_TEXT_FIELDS})"\s*:\s*[^"n\s]|"score"\s*:\s*[^-0-9n\s]|"metadata"\s*:\s*[^{{n\s]'
-
 _ARROW_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name != "metadata"])
 _ROW_IN_ERROR = re.compile(r"in row (\d+)")
 
@@ -70,6 +57,16 @@ class RawBatch:
     table: pa.Table
     quarantined: list[QuarantinedRecord] = field(default_factory=list)
     blank_lines: int = 0
+    # JSONL: every line of the chunk (sharing its memory) and the number of the first, so the verbatim
+    # line of a row quarantined later is ``lines[_row - first_line]`` (rows do not carry a copy).
+    lines: pa.Array | None = None
+    first_line: int = 1
+
+    def raw_line(self, row_number: int) -> str | None:
+        """The verbatim line ``row_number`` of a JSONL chunk (None for other formats)."""
+        if self.lines is None:
+            return None
+        return str(self.lines[row_number - self.first_line].as_py()).rstrip("\r\n")
 
 
 def empty_raw_table() -> pa.Table:
@@ -144,28 +141,76 @@ def conform(table: pa.Table, row_numbers: pa.Array, raw: pa.Array | None) -> pa.
 
 # ---------------------------------------------------------------- JSONL
 
+# The first byte a known field's JSON value may start with, for pyarrow.json (with the explicit schema)
+# to accept it. Ids given as JSON numbers are legal but take the per-line path, which makes them text.
+_TEXT_FIELDS = tuple(f for f in KNOWN_FIELDS if f not in ("score", "metadata"))
+_VALUE_STARTS: dict[str, bytes] = {
+    **{f: b'"n' for f in _TEXT_FIELDS},
+    "score": b"-0123456789n",
+    "metadata": b"{n",
+}
+ARROW_BLOCK_LINES = 2048
+MAX_REJECTS_PER_BLOCK = 8
 
-def _lines_array(chunk: bytes) -> pa.Array:
-    """The chunk's lines as an Arrow string array sharing the chunk's memory (each keeps its newline)."""
-    view = np.frombuffer(chunk, dtype=np.uint8)
-    ends = np.flatnonzero(view == 10) + 1
-    if len(chunk) and (len(ends) == 0 or ends[-1] != len(chunk)):
-        ends = np.append(ends, len(chunk))
-    offsets = np.concatenate([[0], ends]).astype(np.int32)
-    return pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chunk))
+
+def _line_bounds(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start of each line and its end (the newline's position, or the chunk's end)."""
+    ends = np.flatnonzero(view == 10)
+    if len(view) and (len(ends) == 0 or ends[-1] != len(view) - 1):
+        ends = np.append(ends, len(view))
+    starts = np.empty(len(ends), dtype=np.int64)
+    if len(ends):
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    return starts, ends
+
+
+def _mistyped_lines(view: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of lines where a known field probably holds a JSON value of the wrong type.
+
+    pyarrow.json rejects such a line (and with it its whole block), so they are sent to the per-line
+    path up front. A key ends in ``":``; the byte after the colon (and one optional space) starts the
+    value. Only keys whose value is not a string, and the rare string-valued ``score``/``metadata``, are
+    compared with the known names. This is a screen, not the judge: a line it misses still fails in
+    Arrow and is isolated there, and a line it flags wrongly is still read exactly, only slower.
+    """
+    colon = np.flatnonzero(view == 58)
+    colon = colon[(colon > 0) & (colon + 2 < len(view))]
+    colon = colon[view[colon - 1] == 34]
+    value_at = colon + 1 + (view[colon + 1] == 32)
+    first = view[value_at]
+    # String values need a look only under keys ending like "score" / "metadata" (no text field does).
+    check = (first != 34) | np.isin(view[colon - 2], np.frombuffer(b"ea", dtype=np.uint8))
+    colon, first = colon[check], first[check]
+    flagged = np.zeros(len(colon), dtype=bool)
+    for name, allowed in _VALUE_STARTS.items():
+        key = np.frombuffer(f'"{name}"'.encode(), dtype=np.uint8)
+        at = colon - len(key)
+        ok_pos = at >= 0
+        idx = np.flatnonzero(ok_pos)
+        if not len(idx):
+            continue
+        window = view[at[idx, None] + np.arange(len(key))]
+        is_key = (window == key).all(axis=1)
+        bad = ~np.isin(first[idx], np.frombuffer(allowed, dtype=np.uint8))
+        flagged[idx[is_key & bad]] = True
+    return np.unique(np.searchsorted(ends, colon[flagged]))
 
 
 def _parse_lines(lines: pa.Array, single_block: bool = False) -> pa.Table:
-    """Parse lines known to be well-formed with pyarrow.json (all of them, or raise).
+    """Parse JSON lines with pyarrow.json (all of them, or raise).
 
     ``single_block`` parses in one thread and one block, so an error's "in row N" is the slice's row N.
     """
     data = lines.buffers()[2]
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
-    body = data[int(offsets[0]) : int(offsets[-1])]
+    return _parse_buffer(data[int(offsets[0]) : int(offsets[-1])], single_block)
+
+
+def _parse_buffer(body: Any, single_block: bool = False) -> pa.Table:
     return pj.read_json(
         pa.BufferReader(body),
-        read_options=pj.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(body) + 1, 1 << 24)))
+        read_options=pj.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(body) + 1, 1 << 23)))
         if not single_block
         else pj.ReadOptions(use_threads=False, block_size=len(body) + 1),
         parse_options=pj.ParseOptions(explicit_schema=_ARROW_SCHEMA, unexpected_field_behavior="infer"),
@@ -191,73 +236,127 @@ def _per_line(
     return event_to_row(event), None
 
 
-def parse_jsonl_chunk(
-    chunk: bytes, first_line: int, source: str, base_dir: str, max_prompt_chars: int
-) -> RawBatch:
-    """Parse one chunk of whole lines; ``first_line`` is the 1-based number of its first line."""
-    lines = _lines_array(chunk)
-    numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
-    # Only short lines can be blank; RE2 over every line would cost as much as the parse.
-    short = np.flatnonzero(pc.less_equal(pc.binary_length(lines), 8).to_numpy(zero_copy_only=False))
-    blank_np = np.zeros(len(lines), dtype=bool)
-    if len(short):
-        blank_np[
-            short[
-                pc.match_substring_regex(lines.take(pa.array(short)), r"^\s*$").to_numpy(zero_copy_only=False)
-            ]
-        ] = True
-    blank = pa.array(blank_np)
-    not_blank = pc.invert(blank)
-    n_blank = len(lines) - pc.sum(not_blank).as_py() if len(lines) else 0
-    clean = pc.and_kleene(
-        pc.match_substring_regex(lines, WELL_FORMED_LINE),
-        pc.invert(pc.match_substring_regex(lines, SUSPECT_TYPES)),
-    )
-    slow = pc.and_kleene(not_blank, pc.invert(clean))
-    clean_lines = lines.filter(clean)
-    clean_numbers = numbers[clean.to_numpy(zero_copy_only=False)]
-    tables: list[pa.Table] = []
-    slow_idx: list[int] = [int(i) for i in np.flatnonzero(slow.to_numpy(zero_copy_only=False))]
-    if len(clean_lines):
+def _parse_in_blocks(lines: pa.Array) -> tuple[list[tuple[pa.Table, int, int]], list[int]]:
+    """pyarrow.json over ``lines`` when one call over all of them failed: blocks of ARROW_BLOCK_LINES
+    parsed alone, a rejected block scanned row by row up to MAX_REJECTS_PER_BLOCK rejects (after that its
+    rest goes to the per-line path, cheaper than re-parsing it again). Good segments and rejected rows."""
+    segments: list[tuple[pa.Table, int, int]] = []
+    rejected: list[int] = []
+    for lo in range(0, len(lines), ARROW_BLOCK_LINES):
+        block = lines.slice(lo, ARROW_BLOCK_LINES)
         try:
-            parsed = _parse_lines(clean_lines)
-            tables.append(conform(parsed, pa.array(clean_numbers), clean_lines))
+            segments.append((_parse_lines(block, single_block=True), lo, lo + len(block)))
+            continue
         except pa.ArrowInvalid:
-            t, rescued = _scan_resumable(clean_lines)
-            for seg_table, lo, hi in t:
-                tables.append(
-                    conform(seg_table, pa.array(clean_numbers[lo:hi]), clean_lines.slice(lo, hi - lo))
-                )
-            # Rows Arrow rejects go to the per-line path, which gives their reason.
-            clean_positions = np.flatnonzero(clean.to_numpy(zero_copy_only=False))
-            slow_idx.extend(int(clean_positions[i]) for i in rescued)
-            slow_idx.sort()
+            pass
+        segs, bad = _scan_resumable(block, MAX_REJECTS_PER_BLOCK)
+        segments.extend((t, lo + a, lo + b) for t, a, b in segs)
+        rejected.extend(lo + i for i in bad)
+    return segments, rejected
+
+
+def parse_jsonl_chunk(
+    chunk: bytes | memoryview, first_line: int, source: str, base_dir: str, max_prompt_chars: int
+) -> RawBatch:
+    """Parse one chunk of whole lines; ``first_line`` is the 1-based number of its first line.
+
+    Lines in braces that pass a cheap byte-level type screen are parsed by ``pyarrow.json`` in one
+    multi-threaded call over the chunk itself, with every other line overwritten by spaces in a copy
+    (Arrow skips blank lines, so its rows are exactly the kept lines, in order). Everything else, and
+    every line Arrow rejects, goes through ``json.loads`` + the pydantic model, which names the reason.
+    """
+    if not chunk:
+        return RawBatch(source, base_dir, empty_raw_table())
+    view = np.frombuffer(chunk, dtype=np.uint8)
+    starts, ends = _line_bounds(view)
+    n = len(starts)
+    offsets = np.append(starts, len(chunk)).astype(np.int32)
+    lines = pa.StringArray.from_buffers(n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(chunk))
+    invalid_utf8 = np.zeros(n, dtype=bool)
+    try:
+        lines.validate(full=True)
+    except pa.ArrowInvalid:
+        for i in range(n):
+            try:
+                bytes(chunk[starts[i] : ends[i]]).decode("utf-8")
+            except UnicodeDecodeError:
+                invalid_utf8[i] = True
+    numbers = np.arange(first_line, first_line + n, dtype=np.int64)
+    content_end = ends - ((ends > starts) & (view[np.maximum(ends - 1, 0)] == 13))
+    length = content_end - starts
+    first = np.where(length > 0, view[np.minimum(starts, len(chunk) - 1)], 0)
+    last = np.where(length > 0, view[np.maximum(content_end - 1, 0)], 0)
+    # Blank lines are not records (counted apart); only empty lines or ones starting with whitespace can be.
+    blank = length == 0
+    for i in np.flatnonzero((length > 0) & np.isin(first, list(b" \t\r\x0b\x0c"))).tolist():
+        blank[i] = not bytes(chunk[starts[i] : content_end[i]]).strip()
+    arrow_ok = (length >= 2) & (first == ord("{")) & (last == ord("}")) & ~invalid_utf8
+    arrow_ok[_mistyped_lines(view, ends)] = False
+    slow = ~blank & ~arrow_ok
+    tables: list[pa.Table] = []
+    slow_idx = np.flatnonzero(slow)
+    arrow_idx = np.flatnonzero(arrow_ok)
+    if len(arrow_idx):
+        rejected: list[int] = []
+        try:
+            if len(arrow_idx) == n - int(blank.sum()):
+                body: Any = chunk
+            else:
+                copy = bytearray(chunk)
+                for i in np.flatnonzero(~arrow_ok & ~blank).tolist():
+                    copy[starts[i] : ends[i]] = b" " * int(ends[i] - starts[i])
+                body = copy
+            parsed = _parse_buffer(pa.py_buffer(body))
+            if parsed.num_rows != len(arrow_idx):
+                raise pa.ArrowInvalid("row count differs from the kept lines")
+            # The verbatim line of a row is looked up in RawBatch.lines when it is quarantined later.
+            tables.append(conform(parsed, pa.array(numbers[arrow_idx]), None))
+        except pa.ArrowInvalid:
+            arrow_lines = lines.take(pa.array(arrow_idx))
+            segments, rejected = _parse_in_blocks(arrow_lines)
+            for seg_table, lo, hi in segments:
+                tables.append(conform(seg_table, pa.array(numbers[arrow_idx[lo:hi]]), None))
+        if rejected:
+            slow_idx = np.sort(np.concatenate([slow_idx, arrow_idx[rejected]]))
     quarantined: list[QuarantinedRecord] = []
     rows: list[dict] = []
     row_numbers: list[int] = []
     raws: list[str | None] = []
-    if slow_idx:
-        slow_lines = lines.take(pa.array(slow_idx, pa.int64())).to_pylist()
-        for i, line in zip(slow_idx, slow_lines, strict=True):
-            row, bad = _per_line(line, source, int(numbers[i]), max_prompt_chars)
-            if bad is not None:
-                quarantined.append(bad)
-            else:
-                rows.append(row)  # type: ignore[arg-type]
-                row_numbers.append(int(numbers[i]))
-                raws.append(line.rstrip("\r\n"))
+    for i in slow_idx.tolist():
+        raw_bytes = bytes(chunk[starts[i] : ends[i]])
+        if invalid_utf8[i]:
+            text = raw_bytes.decode("utf-8", "replace").rstrip("\r")
+            message = f"line {numbers[i]}: not valid UTF-8"
+            quarantined.append(QuarantinedRecord(text, source, int(numbers[i]), "malformed_record", message))
+            continue
+        line = raw_bytes.decode("utf-8")
+        row, bad = _per_line(line, source, int(numbers[i]), max_prompt_chars)
+        if bad is not None:
+            quarantined.append(bad)
+        else:
+            rows.append(row)  # type: ignore[arg-type]
+            row_numbers.append(int(numbers[i]))
+            raws.append(line.rstrip("\r\n"))
     if rows:
         tables.append(rows_to_table(rows, row_numbers, raws))
     table = pa.concat_tables(tables) if tables else empty_raw_table()
-    return RawBatch(source, base_dir, table, quarantined, int(n_blank))
+    return RawBatch(source, base_dir, table, quarantined, int(blank.sum()), lines, first_line)
 
 
-def _scan_resumable(lines: pa.Array) -> tuple[list[tuple[pa.Table, int, int]], list[int]]:
-    """Parse ``lines`` in order, skipping each row Arrow rejects; returns good segments and rejected rows."""
+def _scan_resumable(
+    lines: pa.Array, max_rejects: int | None = None
+) -> tuple[list[tuple[pa.Table, int, int]], list[int]]:
+    """Parse ``lines`` in order, skipping each row Arrow rejects; returns good segments and rejected rows.
+
+    After ``max_rejects`` rejects the rest is returned as rejected (for the per-line path).
+    """
     segments: list[tuple[pa.Table, int, int]] = []
     rejected: list[int] = []
     pos, n = 0, len(lines)
     while pos < n:
+        if max_rejects is not None and len(rejected) >= max_rejects:
+            rejected.extend(range(pos, n))
+            break
         try:
             segments.append((_parse_lines(lines.slice(pos), single_block=True), pos, n))
             break
@@ -290,14 +389,15 @@ def read_jsonl(
             block = f.read(chunk_bytes)
             if not block:
                 break
-            data = carry + block
+            data = carry + block if carry else block
             cut = data.rfind(b"\n") + 1
             if cut == 0:
                 carry = data
                 continue
-            chunk, carry = data[:cut], data[cut:]
+            # a view, not a copy, of the whole lines; only the partial last line is copied
+            chunk, carry = memoryview(data)[:cut], data[cut:]
             batch = parse_jsonl_chunk(chunk, line_no, uri, base_dir, max_prompt_chars)
-            line_no += chunk.count(b"\n")
+            line_no += len(batch.lines) if batch.lines is not None else 0
             yield batch
     if carry:
         yield parse_jsonl_chunk(carry, line_no, uri, base_dir, max_prompt_chars)

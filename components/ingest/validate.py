@@ -142,7 +142,7 @@ def parse_timestamps(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
         idx = np.flatnonzero(mask)
         if not len(idx):
             continue
-        sub = text.take(pa.array(idx))
+        sub = text if len(idx) == n else text.take(pa.array(idx))
         try:
             if aware:
                 cast = pc.cast(sub, TIMESTAMP)
@@ -169,10 +169,14 @@ def check_batch(table: pa.Table, base_dir: str, roots: list[str], max_prompt_cha
     """Apply every record-level rule to every row of ``table`` (intermediate layout)."""
     n = table.num_rows
     reasons = np.full(n, "", dtype=object)
+    unset = np.ones(n, dtype=bool)
 
     def mark(mask: pa.Array | np.ndarray, code: str) -> None:
         m = mask if isinstance(mask, np.ndarray) else pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-        reasons[m & (reasons == "")] = code
+        m = m & unset
+        if m.any():
+            reasons[m] = code
+            unset[m] = False
 
     for name in REQUIRED_FIELDS:
         col = table.column(name)

@@ -1,0 +1,119 @@
+"""The JSONL reader's three paths (Arrow over a chunk, Arrow block by block, the per-line pydantic path)
+accept and reject exactly what the per-line path alone does, line by line, on a corpus built to slip past
+the byte-level type screen, to break Arrow's blocks, and to sit across chunk boundaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from components.ingest import readers
+from components.ingest.step import IngestConfig, run
+
+
+def _event(i: int, **extra: object) -> dict[str, object]:
+    return {
+        "event_id": f"ev-{i}",
+        "prompt": f"a cat, style {i}",
+        "image_uri": f"gs://b/{i}.png",
+        "feedback": "like",
+        **extra,
+    }
+
+
+def _corpus() -> tuple[list[bytes], dict[int, str]]:
+    """Lines, and the reason expected for each rejected line number (1-based); the rest are accepted."""
+    lines: list[bytes] = []
+    bad: dict[int, str] = {}
+
+    def add(line: str | bytes, reason: str | None = None) -> None:
+        lines.append(line.encode() if isinstance(line, str) else line)
+        if reason:
+            bad[len(lines)] = reason
+
+    for i in range(40):
+        add(json.dumps(_event(i)))
+    add(json.dumps(_event(100, prompt=5)), "wrong_type")  # the screen catches it
+    add(json.dumps(_event(101)).replace('"ev-101"', "101"))  # numeric id: legal, becomes "101"
+    add(json.dumps(_event(102, extra=1)))  # an unknown field whose type changes: Arrow fails the call
+    add(json.dumps(_event(103, extra="one")))
+    add(json.dumps(_event(104))[:-1] + ', "flag": tru}', "malformed_record")  # in braces, not JSON
+    add(json.dumps(_event(105)) + "\r")  # CRLF
+    add("   ")
+    add("")
+    add("  " + json.dumps(_event(106)))  # leading whitespace is valid JSON
+    add(json.dumps(_event(107)).encode()[:-1] + b', "note": "\xff"}', "malformed_record")  # not UTF-8
+    add(json.dumps(_event(108, prompt='say "hi"\n\ttwice')))  # escapes
+    add(json.dumps(_event(109, feedback="score", score="0.5")))  # pydantic reads a numeric text as a number
+    add(json.dumps(_event(110, metadata="text")), "wrong_type")
+    add(json.dumps(_event(111, metadata={"prompt": 5, "seed": 3})))  # flagged by the screen, still valid
+    add(json.dumps({"prompt": "x"}), "missing_field")
+    add(
+        json.dumps(_event(112, feedback="score")).replace('"score"}', '"score", "score": NaN}'),
+        "missing_score",
+    )
+    add(json.dumps(_event(113, feedback="love")), "invalid_feedback")
+    add(json.dumps([_event(114)]), "not_an_object")
+    add(json.dumps(_event(115, score=1.5, feedback="score", user_id=7)))
+    add(json.dumps(_event(116, created_at="yesterday")), "invalid_timestamp")
+    for i in range(200, 240):
+        add(json.dumps(_event(i)))
+    return lines, bad
+
+
+def test_every_path_agrees_with_the_per_line_path(tmp_path: Path) -> None:
+    lines, bad = _corpus()
+    src = tmp_path / "feedback.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(
+        IngestConfig(
+            sources=[str(src)],
+            output_dir=str(tmp_path / "out"),
+            check_images=False,
+            max_quarantined_fraction=1.0,
+        )
+    )
+    quarantine = pq.read_table(result.quarantine_uri).to_pylist()
+    assert {q["row_number"]: q["reason"] for q in quarantine} == bad
+    blank = 2
+    assert result.read == len(lines) - blank == result.accepted + result.quarantined
+    events = {e["event_id"]: e for e in pq.read_table(result.events_uri).to_pylist()}
+    # each accepted line reads as the per-line path (json.loads + pydantic) reads it
+    for number, line in enumerate(lines, start=1):
+        if number in bad or not line.strip():
+            continue
+        row, problem = readers._per_line(line.decode(), str(src), number, 2000)
+        assert problem is None and row is not None
+        event = events[row["event_id"]]
+        for name in ("prompt", "image_uri", "feedback", "score", "user_id"):
+            assert event[name] == row[name], (number, name)
+        assert json.loads(event["metadata"] or "{}") == json.loads(row["metadata"] or "{}"), number
+    assert events["101"]["prompt"] == "a cat, style 101"
+    assert events["ev-109"]["score"] == 0.5
+    assert json.loads(events["ev-102"]["metadata"]) == {"extra": 1}
+    assert json.loads(events["ev-103"]["metadata"]) == {"extra": "one"}
+    # the verbatim line is kept for a line Arrow rejected and for one the screen sent to the per-line path
+    raw = {q["row_number"]: q["raw"] for q in quarantine}
+    assert raw[41] == lines[40].decode()
+    assert raw[45] == lines[44].decode()
+
+
+def test_chunk_boundaries_do_not_change_the_result(tmp_path: Path) -> None:
+    lines, bad = _corpus()
+    src = tmp_path / "feedback.jsonl"
+    src.write_bytes(b"\n".join(lines))  # no newline after the last line
+    whole = list(readers.read_jsonl(str(src), str(tmp_path), 2000))
+    small = list(readers.read_jsonl(str(src), str(tmp_path), 2000, chunk_bytes=300))
+    assert len(small) > 5
+
+    def summary(batches: list[readers.RawBatch]) -> tuple[list[int], dict[int, str], int]:
+        rows = sorted(r for b in batches for r in b.table.column("_row").to_pylist())
+        rejected = {q.row_number: q.reason for b in batches for q in b.quarantined}
+        return rows, rejected, sum(b.blank_lines for b in batches)
+
+    assert summary(small) == summary(whole)
+    rows, rejected, blank = summary(whole)
+    assert len(rows) + len(rejected) + blank == len(lines)
+    assert set(rejected) <= set(bad)
