@@ -386,6 +386,9 @@ def bench_sd15(args: argparse.Namespace) -> dict[str, Any]:
                 num_attention_heads=12,
                 num_hidden_layers=12,
                 max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
             )
         ).to(device, compute)
         vae = AutoencoderKL(**{**SD15_VAE, "sample_size": args.resolution}).to(device).eval()
