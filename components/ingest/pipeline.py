@@ -204,7 +204,7 @@ def ingest(config: IngestConfig) -> IngestResult:
     if len(repeated):
         in_repeated = pc.fill_null(pc.is_in(ids, repeated), False).to_numpy(zero_copy_only=False)
         rep_idx = np.flatnonzero(in_repeated & (state == ACCEPTED))
-        sub = candidates.take(pa.array(rep_idx))
+        sub = candidates.select(["event_id", *CONTENT_COLUMNS]).take(pa.array(rep_idx))
         groups = (
             pa.table({"event_id": sub.column("event_id"), "key": _content_key(sub), "i": pa.array(rep_idx)})
             .group_by("event_id", use_threads=False)
@@ -233,7 +233,7 @@ def ingest(config: IngestConfig) -> IngestResult:
             )
             if seen.any():
                 ii = acc_idx[seen]
-                sub = candidates.take(pa.array(ii))
+                sub = candidates.select(["event_id", *CONTENT_COLUMNS]).take(pa.array(ii))
                 prev_sub = previous.filter(pc.is_in(previous.column("event_id"), sub.column("event_id")))
                 prev_keys = pa.table(
                     {"event_id": prev_sub.column("event_id"), "prev_key": _content_key(prev_sub)}

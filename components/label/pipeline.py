@@ -65,13 +65,16 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
     zero = pa.scalar(0, pa.int64())
 
     def side(mask: pa.Array, uri: str, sha: str, **counts: Any) -> pa.Table:
-        sub = events.filter(mask)
+        sub = events.select(["prompt", uri, sha, "score"])
+        all_rows = pc.all(pc.fill_null(mask, False)).as_py()
+        if not all_rows:
+            sub = sub.filter(mask)
         n = sub.num_rows
         cols = {"prompt": sub.column("prompt"), "image_uri": sub.column(uri), "image_sha256": sub.column(sha)}
         for name in ("like", "dislike", "win", "loss", "tie"):
             value = counts.get(name, zero)
             cols[name] = (
-                value.filter(mask)
+                (value if all_rows else value.filter(mask))
                 if isinstance(value, (pa.Array, pa.ChunkedArray))
                 else pa.array(np.full(n, value.as_py(), np.int64))
             )
@@ -105,7 +108,11 @@ def label(config: LabelConfig) -> LabelResult:
     events_uri = (
         config.events if config.events.endswith(".parquet") else storage.join(config.events, "events.parquet")
     )
-    events = storage.read_parquet(events_uri)
+    try:
+        # only the columns labeling uses (metadata, timestamps and sources are never decoded)
+        events = storage.read_parquet(events_uri, columns=EVENT_COLUMNS)
+    except (pa.ArrowInvalid, KeyError):
+        events = storage.read_parquet(events_uri)
     missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
     if missing:
         raise LabelError(f"{events_uri}: not an events.parquet from ingest, missing columns {missing}")
@@ -175,14 +182,22 @@ def label(config: LabelConfig) -> LabelResult:
     if config.policy == "user_filter":
         settings = {"user_ids": config.user_filter.user_ids, "then": policy, policy: settings}
 
-    shas = agg.column("image_sha256_min").to_pylist()
-    uris = agg.column("image_uri_min").to_pylist()
-    sample_ids = pa.array(
-        [s if s else hashlib.sha256(u.encode()).hexdigest() for s, u in zip(shas, uris, strict=True)],
-        pa.string(),
-    )
     n_events = agg.column("key_count").to_numpy()
     labeled = reason == ""
+    # sha256 of the URI only where the image hash is unknown, and only for images that get a label
+    # (dropped images never appear in train/val); one Python call per image is the cost here.
+    sample_ids = agg.column("image_sha256_min").combine_chunks()
+    if pc.any(pc.equal(sample_ids, "")).as_py():
+        sample_ids = pc.if_else(pc.equal(sample_ids, ""), pa.scalar(None, pa.string()), sample_ids)
+    need = np.flatnonzero(labeled & pc.is_null(sample_ids).to_numpy(zero_copy_only=False))
+    if len(need):
+        sha256 = hashlib.sha256
+        uris = pc.cast(agg.column("image_uri_min").take(pa.array(need)), pa.binary()).to_pylist()
+        index = np.full(len(agg), -1, dtype=np.int64)
+        index[need] = np.arange(len(need))
+        hashed = pa.array([sha256(u).hexdigest() for u in uris], pa.string())
+        from_uri = hashed.take(pa.array(index, mask=index < 0))
+        sample_ids = pc.coalesce(sample_ids, from_uri)
     if config.max_images_per_prompt is not None and labeled.any():
         idx = np.flatnonzero(labeled)
         keep = cap_per_prompt(
