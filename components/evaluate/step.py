@@ -177,6 +177,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     images_total = telemetry.counter("images_generated_total", "Images generated", ("model",))
     phase_seconds = telemetry.gauge("phase_duration_seconds", "Wall time of each phase", ("phase",))
     for role, model in (("candidate", config.candidate_model), ("baseline", config.baseline_model)):
+        if model_errors:
+            # The decision already fails; generating the other model's images would only cost time.
+            log.warning("skipping %s generation: %s", role, "; ".join(model_errors.values()))
+            continue
         t0 = time.perf_counter()
         try:
             generated[role] = generate_images(

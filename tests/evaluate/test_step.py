@@ -268,3 +268,13 @@ def test_dkto_evaluate_command_prints_the_verdict_and_can_fail_the_shell(
     assert strict.exit_code == 1
     bad = CliRunner().invoke(app, [*args, "--set", "gate.primary_metric=pickscore"])
     assert bad.exit_code == 2 and "not in scorers" in bad.output
+
+
+def test_unloadable_candidate_fails_and_skips_the_baseline(
+    tmp_path, tiny_sd, tiny_clip, prompts_file
+) -> None:
+    config = _config(tmp_path, tmp_path / "no-candidate", tiny_sd, prompts_file, tiny_clip)
+    result = run(config)
+    assert not result.passed and result.n_images == 0
+    assert any("candidate model could not be evaluated" in r and "no-candidate" in r for r in result.reasons)
+    assert not (tmp_path / "eval" / "images" / "baseline").exists()
