@@ -102,6 +102,8 @@ def render_report(
         "SHIP — the candidate passed the gate" if passed else "DO NOT SHIP — the candidate failed the gate"
     )
     lead = reasons[0] if reasons else "no reason was recorded"
+    if len(reasons) > 1:
+        lead += f" (and {len(reasons) - 1} more reason{'s' if len(reasons) > 2 else ''} below)"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
