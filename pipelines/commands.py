@@ -17,7 +17,14 @@ from typing import Any
 import typer
 
 from components.shared.config import ConfigError
-from pipelines.params import ClusterSettings, PipelineParams, load_params, validate_cron
+from pipelines.params import (
+    CLUSTER_PUSHGATEWAY,
+    CLUSTER_SERVICE_ACCOUNT,
+    ClusterSettings,
+    PipelineParams,
+    load_params,
+    validate_cron,
+)
 
 LOCAL_RUNS_DIR = "kfp-local"
 
@@ -64,7 +71,7 @@ def run_local(params: PipelineParams, *, pipeline_root: str | None = None) -> di
     from kfp import local
 
     from components.shared import storage
-    from pipelines.pipeline import diffusion_kto_retrain
+    from pipelines.pipeline import build_pipeline
 
     params = localize(params)
     if storage.is_gcs(params.outputs_root):
@@ -75,7 +82,8 @@ def run_local(params: PipelineParams, *, pipeline_root: str | None = None) -> di
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
     error: Exception | None = None
     try:
-        diffusion_kto_retrain(**params.pipeline_arguments())
+        # No fixed metrics port on a laptop: two local runs at once would fight over 9090.
+        build_pipeline(ClusterSettings.local())(**params.pipeline_arguments())
     except RuntimeError as err:
         error = err
     summary = latest_summary(params.outputs_root, since=started)
@@ -93,6 +101,25 @@ def latest_summary(outputs_root: str, *, since: float = 0.0) -> dict[str, Any]:
     summary = json.loads(newest.read_text())
     summary["summary_uri"] = str(newest)
     return summary
+
+
+def cluster_arguments(params: PipelineParams, pushgateway: str | None = None) -> dict[str, Any]:
+    """The run arguments ``dkto submit``/``dkto schedule`` send: the params, pushing to k8s/'s Pushgateway.
+
+    ``pushgateway`` (the ``--pushgateway`` option) wins; else a ``pushgateway`` the parameter file or
+    ``--set`` gave (even empty: push nothing); else ``CLUSTER_PUSHGATEWAY``.
+    """
+    arguments = params.pipeline_arguments()
+    if pushgateway is not None:
+        arguments["pushgateway"] = pushgateway
+    elif "pushgateway" not in params.model_fields_set:
+        arguments["pushgateway"] = CLUSTER_PUSHGATEWAY
+    return arguments
+
+
+def _service_account(value: str) -> str | None:
+    """``--service-account ""`` leaves the pods on KFP's default service account."""
+    return value or None
 
 
 def _client(host: str, namespace: str | None) -> Any:
@@ -165,8 +192,17 @@ def register(app: typer.Typer) -> None:
         run_name: str | None = typer.Option(None, "--run-name", help="Run name (default: timestamped)."),
         namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace."),
         cluster: str | None = typer.Option(None, "--cluster", help="ClusterSettings YAML."),
-        service_account: str | None = typer.Option(
-            None, "--service-account", help="Kubernetes service account of the pods (workload identity)."
+        service_account: str = typer.Option(
+            CLUSTER_SERVICE_ACCOUNT,
+            "--service-account",
+            help="Kubernetes service account of the pods (workload identity; k8s/ creates it); "
+            '"" for KFP\'s default.',
+        ),
+        pushgateway: str | None = typer.Option(
+            None,
+            "--pushgateway",
+            help=f"Pushgateway the steps push to (default: the params' pushgateway if set, else "
+            f'{CLUSTER_PUSHGATEWAY}); "" pushes nothing.',
         ),
     ) -> None:
         """Submit one run of the pipeline to a Kubeflow Pipelines cluster."""
@@ -174,11 +210,11 @@ def register(app: typer.Typer) -> None:
         client = _client(host, namespace)
         result = client.create_run_from_pipeline_package(
             _compiled_package(cluster),
-            arguments=params.pipeline_arguments(),
+            arguments=cluster_arguments(params, pushgateway),
             run_name=run_name or f"diffusion-kto-retrain-{dt.datetime.now():%Y%m%d-%H%M%S}",
             experiment_name=experiment,
             namespace=namespace,
-            service_account=service_account,
+            service_account=_service_account(service_account),
         )
         typer.echo(f"submitted run {result.run_id} to {host} (experiment {experiment})")
 
@@ -196,7 +232,16 @@ def register(app: typer.Typer) -> None:
         job_name: str = typer.Option("diffusion-kto-retrain-nightly", "--name", help="Recurring run name."),
         namespace: str | None = typer.Option(None, "--namespace", help="Kubeflow profile namespace."),
         cluster: str | None = typer.Option(None, "--cluster", help="ClusterSettings YAML."),
-        service_account: str | None = typer.Option(None, "--service-account", help="Pods' service account."),
+        service_account: str = typer.Option(
+            CLUSTER_SERVICE_ACCOUNT,
+            "--service-account",
+            help="Pods' service account (\"\" for KFP's default).",
+        ),
+        pushgateway: str | None = typer.Option(
+            None,
+            "--pushgateway",
+            help=f"Pushgateway (default: the params' pushgateway if set, else {CLUSTER_PUSHGATEWAY}).",
+        ),
     ) -> None:
         """Create a recurring run: at most one at a time (max_concurrency=1), no catch-up of missed runs."""
         validate_cron(cron)
@@ -210,7 +255,7 @@ def register(app: typer.Typer) -> None:
             max_concurrency=1,
             no_catchup=True,
             pipeline_package_path=_compiled_package(cluster),
-            params=params.pipeline_arguments(),
-            service_account=service_account,
+            params=cluster_arguments(params, pushgateway),
+            service_account=_service_account(service_account),
         )
         typer.echo(f"scheduled {job_name} ({cron}) on {host}: recurring run {job.recurring_run_id}")

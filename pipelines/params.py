@@ -24,6 +24,16 @@ Objective = Literal["kto", "sft", "dpo"]
 LabelingPolicy = Literal["votes", "pairwise", "score_threshold", "user_filter"]
 Strategy = Literal["ddp", "fsdp", "deepspeed_zero2"]
 
+# What `dkto submit` / `dkto schedule` use unless told otherwise: the service account and the Pushgateway
+# that k8s/ deploys (prod overlay, namespace `dkto`; the dev overlay's Pushgateway is
+# http://dkto-pushgateway.dkto-dev:9091).
+CLUSTER_SERVICE_ACCOUNT = "dkto-pipeline-runner"
+CLUSTER_PUSHGATEWAY = "http://dkto-pushgateway.dkto:9091"
+# Labels k8s/base/networkpolicy.yaml and k8s/monitoring/scrape.yaml select on (tests/ops/test_selectors.py).
+PROJECT_POD_LABELS = {"app.kubernetes.io/part-of": "diffusion-kto-pipelines"}
+TRAINER_POD_LABELS = {"app.kubernetes.io/component": "trainer"}
+TRAINER_METRICS_PORT = 9090
+
 
 class PipelineParams(StepConfig):
     """The arguments of one ``diffusion-kto-retrain`` run (every field is a pipeline parameter)."""
@@ -219,6 +229,28 @@ class ClusterSettings(StepConfig):
         "dkto-mlflow",
         description="Kubernetes secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (optional).",
     )
+    pod_labels: dict[str, str] = Field(
+        default_factory=lambda: dict(PROJECT_POD_LABELS),
+        description="Labels of every task's pod; k8s/'s NetworkPolicy admits only pods with "
+        "app.kubernetes.io/part-of: diffusion-kto-pipelines to the Pushgateway.",
+    )
+    trainer_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: dict(TRAINER_POD_LABELS),
+        description="More labels of the training pod; k8s/'s PodMonitor scrapes pods with "
+        "app.kubernetes.io/component: trainer.",
+    )
+    train_metrics_port: int | None = Field(
+        TRAINER_METRICS_PORT,
+        ge=1,
+        le=65535,
+        description="Port on which the training pod serves Prometheus /metrics while it trains (the "
+        "PodMonitor in k8s/ scrapes 9090); null serves nothing.",
+    )
+
+    @classmethod
+    def local(cls) -> ClusterSettings:
+        """Settings of a ``kfp.local`` run: no fixed metrics port, so parallel local runs cannot collide."""
+        return cls.from_dict({"train_metrics_port": None})
 
 
 def load_params(config: str | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineParams:

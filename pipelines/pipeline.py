@@ -51,8 +51,16 @@ def _on_gpu_nodes(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     kubernetes.add_toleration(task, key=settings.gpu_toleration_key, operator="Exists", effect="NoSchedule")
 
 
+def _project_pod(task: dsl.PipelineTask, labels: dict[str, str]) -> dsl.PipelineTask:
+    """Label a task's pod (k8s/'s NetworkPolicy admits only project pods to the Pushgateway)."""
+    for key, value in labels.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    return task
+
+
 def _cpu_step(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.PipelineTask:
-    """Modest resources for a CPU step."""
+    """Modest resources and the project's pod labels for a CPU step."""
+    _project_pod(task, settings.pod_labels)
     return task.set_cpu_request(settings.step_cpu).set_memory_request(settings.step_memory)
 
 
@@ -196,10 +204,13 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
                 num_nodes=num_nodes,
                 distributed_strategy=distributed_strategy,
                 train_options=train_options,
+                metrics_port=settings.train_metrics_port or 0,
                 run_id=run_id,
                 pushgateway=pushgateway,
                 outputs_root=outputs_root,
             ).set_display_name("train (Diffusion-KTO)")
+            # The trainer label makes the PodMonitor scrape /metrics on train_metrics_port (k8s/monitoring).
+            _project_pod(train, {**settings.pod_labels, **settings.trainer_pod_labels})
             train.set_accelerator_type(settings.gpu_type).set_accelerator_limit(gpus_per_node)
             train.set_cpu_request(settings.train_cpu).set_cpu_limit(settings.train_cpu)
             train.set_memory_request(settings.train_memory).set_memory_limit(settings.train_memory)
@@ -250,6 +261,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
                 pushgateway=pushgateway,
                 outputs_root=outputs_root,
             ).set_display_name("evaluate candidate vs production")
+            _project_pod(evaluate, settings.pod_labels)
             evaluate.set_cpu_request(settings.step_cpu).set_memory_request(settings.train_memory)
             if settings.eval_gpu:
                 evaluate.set_accelerator_type(settings.gpu_type).set_accelerator_limit(1)

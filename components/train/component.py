@@ -35,6 +35,7 @@ def train_model(
     num_nodes: int = 1,
     distributed_strategy: str = "ddp",
     train_options: dict = {},  # noqa: B006 - KFP reads the default from the signature; never mutated
+    metrics_port: int = 0,
     run_id: str = "local",
     pushgateway: str = "",
     outputs_root: str = "",
@@ -62,6 +63,8 @@ def train_model(
         num_nodes: Nodes; more than 1 submits a Kubeflow Trainer job.
         distributed_strategy: `ddp`, `fsdp` or `deepspeed_zero2`.
         train_options: More TrainConfig fields by name (for example {"lora_rank": 16}).
+        metrics_port: Port to serve Prometheus /metrics on while training (the cluster's PodMonitor
+            scrapes 9090); 0 serves nothing. A compile-time setting (ClusterSettings.train_metrics_port).
         run_id: The pipeline run id (checkpoint location, telemetry).
         pushgateway: Prometheus Pushgateway address; empty pushes nothing.
         outputs_root: Root of the run records; empty writes none.
@@ -97,6 +100,7 @@ def train_model(
             "seed": int(seed),
             "run_id": run_id,
             "progress_bar": False,
+            "metrics_port": int(metrics_port) or None,
             **dict(train_options),
         }
     )

@@ -4,6 +4,7 @@ for CRDs), and the deployment keeps its promises (least privilege, non-root, one
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -43,6 +44,22 @@ def build(overlay: str) -> tuple[dict[str, Any], ...]:
 def by_kind(objects: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
     """The objects of one kind."""
     return [o for o in objects if o["kind"] == kind]
+
+
+def pod_monitor_port(pod_monitor: dict[str, Any]) -> int:
+    """The port the trainer PodMonitor scrapes: the one its ``__address__`` relabeling points at.
+
+    KFP task pods declare no container port, and the operator turns ``port``/``portNumber``/``targetPort``
+    into a keep on the pod's *declared* ports, so the monitor must not name one (it would find no target).
+    """
+    (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+    named = {"port", "portNumber", "targetPort"} & set(endpoint)
+    assert not named, f"PodMonitor names {named}: a KFP pod declares no port, so it would scrape nothing"
+    (address,) = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__"]
+    assert address["sourceLabels"] == ["__meta_kubernetes_pod_ip"]
+    match = re.fullmatch(r"\$1:(\d+)", address["replacement"])
+    assert match, f"unexpected __address__ replacement {address['replacement']!r}"
+    return int(match.group(1))
 
 
 def lost_fields(original: Any, round_tripped: Any, path: str = "") -> list[str]:
@@ -122,8 +139,8 @@ def test_validation_catches_unknown_fields() -> None:
     runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] = "auto"  # moved to the TrainJob in API v2.3
     assert validate_crd(runtime) == ["/spec/mlPolicy/torch/numProcPerNode"]
     monitor = yaml.safe_load(yaml.safe_dump(by_kind(build("dev"), "PodMonitor")[0]))
-    monitor["spec"]["podMetricsEndpoints"][0]["portNumbr"] = 9090
-    assert validate_crd(monitor) == ["/spec/podMetricsEndpoints/0/portNumbr"]
+    monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]["sourceLabel"] = "x"
+    assert validate_crd(monitor) == ["/spec/podMetricsEndpoints/0/relabelings/0/sourceLabel"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -221,8 +238,14 @@ def test_monitors_select_what_exists(overlay: str) -> None:
     (runtime,) = by_kind(objects, "TrainingRuntime")
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
     assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    port = pod_monitor["spec"]["podMetricsEndpoints"][0]["portNumber"]
+    port = pod_monitor_port(pod_monitor)
     assert port in {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    keep_containers = next(
+        r for r in pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"] if r["action"] == "keep"
+    )
+    assert keep_containers["sourceLabels"] == ["__meta_kubernetes_pod_container_name"]
+    # The TrainJob worker's container and KFP's executor container ("main") are both scraped.
+    assert {pod["spec"]["containers"][0]["name"], "main"} <= set(keep_containers["regex"].split("|"))
     policies = {p["metadata"]["name"]: p for p in by_kind(objects, "NetworkPolicy")}
     allowed = policies["dkto-trainer-scrape"]["spec"]["ingress"][0]["ports"]
     assert {"port": port, "protocol": "TCP"} in allowed

@@ -192,3 +192,47 @@ def test_compiling_imports_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "", f"compiling the pipeline imported {out}"
+
+
+def test_every_task_pod_carries_the_project_labels(docs: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """k8s/'s NetworkPolicy admits only labelled pods to the Pushgateway: no task may go without the label;
+    only the training pod carries the trainer label the PodMonitor scrapes."""
+    from pipelines.params import PROJECT_POD_LABELS, TRAINER_POD_LABELS
+
+    spec, executors = docs
+    for name in spec["deploymentSpec"]["executors"]:
+        labels = executors.get(name, {}).get("podMetadata", {}).get("labels", {})
+        assert PROJECT_POD_LABELS.items() <= labels.items(), f"{name} pod lacks {PROJECT_POD_LABELS}"
+        is_trainer = TRAINER_POD_LABELS.items() <= labels.items()
+        assert is_trainer == (name == "exec-train-model"), f"{name}: trainer label {labels}"
+
+
+def _train_metrics_port(spec: dict[str, Any]) -> int:
+    """The metrics port the compiled pipeline hands the training task (a compile-time constant)."""
+    return int(
+        _tasks(spec)["train-model"]["inputs"]["parameters"]["metrics_port"]["runtimeValue"]["constant"]
+    )
+
+
+def test_training_serves_metrics_on_the_cluster_port(docs: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """On the cluster the train task serves /metrics on 9090 (the PodMonitor's port), not a run parameter."""
+    spec, _ = docs
+    assert ClusterSettings.from_dict({}).train_metrics_port == 9090
+    assert _train_metrics_port(spec) == 9090
+    assert "metrics_port" not in spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_local_and_custom_settings_change_the_metrics_port(tmp_path: Path) -> None:
+    """Local runs compile without a port (0: serve nothing), so parallel local runs never collide;
+    a cluster file can move the port and the labels."""
+    local = yaml.safe_load_all(compile_pipeline(tmp_path / "local.yaml", ClusterSettings.local()).read_text())
+    assert _train_metrics_port(next(local)) == 0
+    custom = ClusterSettings.from_dict({"train_metrics_port": 9400, "pod_labels": {"team": "ml"}})
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "custom.yaml", custom).read_text())
+    assert _train_metrics_port(spec) == 9400
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-ingest-feedback"]["podMetadata"]["labels"] == {"team": "ml"}
+    assert executors["exec-train-model"]["podMetadata"]["labels"] == {
+        "team": "ml",
+        "app.kubernetes.io/component": "trainer",
+    }
