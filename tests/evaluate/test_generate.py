@@ -98,3 +98,12 @@ def test_dkto_generate_command(tiny_sd, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "2 images (1 prompts x 2)" in result.output
     assert storage.read_parquet(str(tmp_path / "o" / "index.parquet")).num_rows == 2
+
+
+def test_sdxl_with_a_stochastic_sampler_is_deterministic_across_batch_sizes(tiny_sdxl, tmp_path) -> None:
+    """Ancestral samplers draw fresh noise every step; per-image generators keep that seeded too."""
+    kw = dict(images_per_prompt=2, num_inference_steps=2, scheduler="euler_ancestral")
+    a = generate_images(str(tiny_sdxl), ["a red circle"], str(tmp_path / "a"), batch_size=2, **kw)
+    b = generate_images(str(tiny_sdxl), ["a red circle"], str(tmp_path / "b"), batch_size=1, **kw)
+    for x, y in zip(_pixels(a), _pixels(b), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -278,3 +278,36 @@ def test_unloadable_candidate_fails_and_skips_the_baseline(
     assert not result.passed and result.n_images == 0
     assert any("candidate model could not be evaluated" in r and "no-candidate" in r for r in result.reasons)
     assert not (tmp_path / "eval" / "images" / "baseline").exists()
+
+
+@pytest.mark.slow
+def test_run_with_models_and_outputs_on_gcs(
+    tmp_path, tiny_sd, tiny_clip, prompts_file, gcs_bucket, monkeypatch
+) -> None:
+    monkeypatch.setenv("DKTO_CACHE_DIR", str(tmp_path / "cache"))
+    storage.upload_dir(tiny_sd, f"{gcs_bucket}/models/candidate")
+    storage.upload_dir(tiny_clip, f"{gcs_bucket}/scorers/clip")
+    out = f"{gcs_bucket}/runs/eval-1"
+    config = _config(
+        tmp_path,
+        f"{gcs_bucket}/models/candidate",
+        tiny_sd,
+        prompts_file,
+        tiny_clip,
+        images_per_prompt=1,
+        num_inference_steps=1,
+        output_dir=out,
+        scorers=["clip_score"],
+        scorer_models={"clip_score": f"{gcs_bucket}/scorers/clip"},
+        gate={"primary_metric": "clip_score", "min_prompts": 1},
+    )
+    result = run(config)
+    decision = storage.read_json(f"{out}/decision.json")
+    assert decision["candidate_model"] == f"{gcs_bucket}/models/candidate"
+    assert decision["n_prompts"] == 3 and result.decision_path == f"{out}/decision.json"
+    # Same weights and noise from GCS and from disk: every prompt ties.
+    assert decision["metrics"]["clip_score"]["win_rate"] == 0.5 and not decision["passed"]
+    scores = storage.read_parquet(f"{out}/scores.parquet").to_pandas()
+    assert scores["image_path"].str.startswith(f"{out}/images/").all()
+    assert "DO NOT SHIP" in storage.read_text(f"{out}/report.html")
+    assert set(storage.read_json(f"{out}/metrics.json")) >= {"gate_passed", "clip_score_win_rate"}
