@@ -63,7 +63,11 @@ def score(name: str, likes: int, n: int, **kw: Any) -> ModelScore:
 
 
 def prepare_feedback(
-    workdir: Path, n_feedback: int, seed: int, flip_probability: float = 0.0
+    workdir: Path,
+    n_feedback: int,
+    seed: int,
+    flip_probability: float = 0.0,
+    base_model: str = str(BASE_MODEL),
 ) -> dict[str, Any]:
     """Simulate feedback on the base model, ingest and label it; returns paths and counts."""
     from components.ingest.step import IngestConfig
@@ -75,7 +79,7 @@ def prepare_feedback(
 
     fb = simulate(
         SimulateConfig(
-            model=str(BASE_MODEL),
+            model=base_model,
             output_dir=str(workdir / "feedback"),
             n_images=n_feedback,
             seed=seed,
@@ -101,6 +105,7 @@ def fine_tune(
     images_per_step: int,
     seed: int,
     class_weights: tuple[float, float] = (1.0, 1.0),
+    base_model: str = str(BASE_MODEL),
 ) -> tuple[str, float, int]:
     """Train one objective; returns (model dir, seconds, images seen).
 
@@ -113,7 +118,7 @@ def fine_tune(
     batch = images_per_step // 2 if settings.objective == "dpo" else images_per_step
     out = workdir / f"model-{settings.objective}"
     fields: dict[str, Any] = {
-        "pretrained_model": str(BASE_MODEL),
+        "pretrained_model": base_model,
         "train_data": train_data,
         "output_dir": str(out),
         "checkpoint_dir": str(workdir / f"ckpt-{settings.objective}"),
@@ -153,12 +158,14 @@ def run_benchmark(
     eval_images: int = 240,
     seed: int = 0,
     flip_probability: float = 0.0,
+    base_model: str = str(BASE_MODEL),
+    inference_steps: int = 20,
 ) -> dict[str, Any]:
     """Base model plus each objective, scored on the same held-out prompts and seeds."""
     workdir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_feedback(workdir, n_feedback, seed, flip_probability)
+    prepared = prepare_feedback(workdir, n_feedback, seed, flip_probability, base_model)
     eval_seed = 10_000 + seed
-    scores = [score("base", *held_out_like_rate(str(BASE_MODEL), eval_images, eval_seed))]
+    scores = [score("base", *held_out_like_rate(base_model, eval_images, eval_seed, inference_steps))]
     for settings in objectives:
         model, seconds, seen = fine_tune(
             workdir,
@@ -168,7 +175,8 @@ def run_benchmark(
             images_per_step=images_per_step,
             seed=seed,
             class_weights=(prepared["label"].desirable_weight, prepared["label"].undesirable_weight),
+            base_model=base_model,
         )
-        likes, n = held_out_like_rate(model, eval_images, eval_seed)
+        likes, n = held_out_like_rate(model, eval_images, eval_seed, inference_steps)
         scores.append(score(settings.objective, likes, n, train_seconds=round(seconds, 1), images_seen=seen))
     return {"feedback": prepared["feedback"], "label": prepared["label"], "scores": scores}

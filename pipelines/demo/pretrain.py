@@ -9,15 +9,16 @@ follows the prompt only ``colour_follows_prompt`` of the time (otherwise a rando
 "noisy web data" starting point, so the base model draws the right shape on the right background but
 the right colour only about half the time. That is the preference the synthetic user then teaches it.
 
-Stages (all on CPU, ``torch.set_num_threads(2)``):
+Stages (all on CPU; one thread by default: on a CPU shared with other jobs, two OpenMP threads spent most
+of their time spin-waiting for each other and ran ~10x slower):
 1. the VAE as an autoencoder (reconstruction MSE + a small KL term), then frozen; its latent scale is
    set so latents have unit variance, as SD's ``scaling_factor`` does;
 2. the UNet and the text encoder together with the standard epsilon-prediction loss
    (Ho et al. 2020, eq. 14) on the SD v1.5 noise schedule, 10% captions dropped (for guidance).
 
-Reproduce the committed model with (about 20 minutes on 2 CPU cores)::
+Reproduce the committed model with (the exact command and its timing are in ``base_model/pretrain_card.json``)::
 
-    .venv/bin/python -m pipelines.demo.pretrain --output pipelines/demo/base_model --seed 0
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pipelines.demo.pretrain --output pipelines/demo/base_model --seed 0
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ def build_pipeline(text_hidden: int = 64, unet_channels: tuple[int, ...] = (32, 
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 32),
+        block_out_channels=(16, 32, 32),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        # 4 channels per group: with one channel per group, GroupNorm would normalise away each image's
+        # absolute colour at full resolution, and colour is what this world is about.
+        norm_num_groups=4,
         sample_size=32,
     )
     unet = UNet2DConditionModel(
@@ -140,6 +143,7 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int, lr: float, s
     gen = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     vae.train()
     ema = None
     for step in range(steps):
@@ -155,8 +159,9 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int, lr: float, s
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         ema = mse.item() if ema is None else 0.95 * ema + 0.05 * mse.item()
-        if step % 25 == 0 or step == steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} mse {ema:.4f}")
     vae.eval()
     return float(ema or 0.0)
@@ -271,14 +276,14 @@ def main(argv: list[str] | None = None) -> None:
         help="share of training images whose colour is the prompt's",
     )
     p.add_argument("--n-images", type=int, default=8000)
-    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--unet-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32, help="UNet training batch")
     p.add_argument("--vae-batch-size", type=int, default=16)
-    p.add_argument("--vae-lr", type=float, default=3e-3)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--unet-lr", type=float, default=1.5e-3)
     p.add_argument("--eval-images", type=int, default=240, help="held-out images for the like-rate check")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.monotonic()
