@@ -12,7 +12,6 @@ production pointing at an unverified model or rollback pointing at the wrong one
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ from components.promote.registry import (
     PREVIOUS_PRODUCTION,
     PRODUCTION,
     Lease,
-    MlflowRegistry,
     ModelVersion,
+    Registry,
     RegistryError,
     open_registry,
     storage_uri,
@@ -60,7 +59,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _open(config: Any) -> MlflowRegistry:
+def _open(config: Any) -> Registry:
     return open_registry(config.registry_uri, artifact_root=config.artifact_root)
 
 
@@ -170,7 +169,7 @@ def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) ->
     )
 
 
-def repair_previous_production(registry: MlflowRegistry, name: str) -> str | None:
+def repair_previous_production(registry: Registry, name: str) -> str | None:
     """Make ``previous-production`` agree with production's ``promotion.replaces_version`` (crash repair).
 
     Called under the lock; returns the previous-production version after repair.
@@ -198,7 +197,7 @@ def repair_previous_production(registry: MlflowRegistry, name: str) -> str | Non
 
 
 def move_production(
-    registry: MlflowRegistry,
+    registry: Registry,
     lease: Lease,
     name: str,
     new_version: str,
@@ -389,19 +388,6 @@ def resolve_production_impl(
     return files_for(registry, version), version.version
 
 
-def files_for(registry: MlflowRegistry, version: ModelVersion) -> str:
-    """A URI ``components.shared.storage`` can read for a version's files (downloads proxied artifacts)."""
-    direct = storage_uri(version.files_uri)
-    if direct is not None:
-        return direct
-    import mlflow.artifacts
-
-    registry_key = hashlib.sha256(registry.uri.encode()).hexdigest()[:12]
-    dest = storage.cache_root() / "registry" / registry_key / f"{version.name}-{version.version}"
-    if not (dest / ".complete").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"runs:/{version.run_id}/model", dst_path=str(dest), tracking_uri=registry.uri
-        )
-        (dest / ".complete").write_text(version.files_uri)
-    return str(Path(dest) / "model")
+def files_for(registry: Registry, version: ModelVersion) -> str:
+    """A URI ``components.shared.storage`` can read for a version's files."""
+    return registry.readable_files(version)

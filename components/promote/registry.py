@@ -26,11 +26,12 @@ a fresh lock taken in between (its target name already exists).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -80,15 +81,15 @@ class ModelVersion:
 class Lease:
     """A held promotion lock: ``check()`` raises ``LeaseLost`` if another run has taken it over."""
 
-    registry: MlflowRegistry
     lock_name: str
     owner: str
     acquired_at: float
     ttl_s: float
+    read_holder: Callable[[str], dict[str, str] | None]
 
     def check(self) -> None:
         """Re-read the lock and fail if it is no longer ours (called just before the commit write)."""
-        holder = self.registry._lock_holder(self.lock_name)
+        holder = self.read_holder(self.lock_name)
         if holder is None or holder.get("owner") != self.owner:
             raise LeaseLost(
                 f"promotion lock {self.lock_name!r} is no longer held by this run (owner {self.owner}); "
@@ -125,6 +126,18 @@ class Registry(Protocol):
 
     def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         """Add or overwrite tags on a version."""
+        ...
+
+    def set_model_tags(self, name: str, tags: dict[str, str]) -> None:
+        """Add or overwrite tags on the registered model (the audit trail of alias moves)."""
+        ...
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """``{alias: version}`` of a registered model ({} if it is not registered)."""
+        ...
+
+    def readable_files(self, version: ModelVersion) -> str:
+        """A local path or gs:// URI holding the version's files (downloaded if the backend proxies them)."""
         ...
 
     def list_versions(self, name: str) -> list[ModelVersion]:
@@ -396,6 +409,26 @@ class MlflowRegistry:
             with contextlib.suppress(Exception):
                 storage.delete(direct)
 
+    def readable_files(self, version: ModelVersion) -> str:
+        """Where ``components.shared.storage`` can read a version's files; proxied artifacts are downloaded
+        once into the cache (keyed by registry, model and version, which never change contents)."""
+        direct = storage_uri(version.files_uri)
+        if direct is not None:
+            return direct
+        import mlflow.artifacts
+
+        registry_key = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+        dest = storage.cache_root() / "registry" / registry_key / f"{version.name}-{version.version}"
+        if not (dest / ".complete").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"runs:/{version.run_id}/{MODEL_SUBDIR}",
+                dst_path=str(dest),
+                tracking_uri=self.uri,
+            )
+            (dest / ".complete").write_text(version.files_uri)
+        return str(dest / MODEL_SUBDIR)
+
     # ------------------------------------------------------------ the promotion lock
 
     def _lock_holder(self, lock_name: str) -> dict[str, str] | None:
@@ -448,7 +481,7 @@ class MlflowRegistry:
                     f"run crashed, the lock is broken automatically once older than its TTL."
                 )
             time.sleep(0.05 + (uuid.uuid4().int % 100) / 1000)
-        lease = Lease(self, lock_name, token, time.time(), ttl_s)
+        lease = Lease(lock_name, token, time.time(), ttl_s, self._lock_holder)
         try:
             yield lease
         finally:
@@ -502,7 +535,7 @@ class MlflowRegistry:
             return True
 
 
-def open_registry(uri: str, *, artifact_root: str | None = None) -> MlflowRegistry:
+def open_registry(uri: str, *, artifact_root: str | None = None) -> Registry:
     """The registry at ``uri``: ``sqlite:///path.db`` (embedded MLflow) or ``http(s)://host:port`` (server)."""
     if uri.startswith(("sqlite:///", "http://", "https://")):
         return MlflowRegistry(uri, artifact_root=artifact_root)

@@ -91,22 +91,23 @@ def _model_with_big_file(path: Path) -> Path:
 def test_upload_that_fails_half_way_registers_nothing(
     registry_uri: str, model_name: str, gcs_bucket: str, tmp_path: Path, make_decision
 ) -> None:
-    """The trainer (here: a thread) rewrites the weights while they upload: no version, a clear error."""
+    """The weights change while they upload (a trainer still writing them): no version, a clear error."""
     model = _model_with_big_file(tmp_path / "m")
     artifact_root = storage.join(gcs_bucket, "registry")
     weights = model / "b_weights.bin"
     stop = threading.Event()
 
-    def rewrite_weights_once_upload_started() -> None:
-        # The first file is uploaded before the 6 MiB one, whose 24 chunks take far longer than this poll.
-        while not stop.is_set():
-            if any(u.endswith("a_model_index.json") for u in storage.list_files(artifact_root)):
-                with open(weights, "r+b") as f:
-                    f.write(os.urandom(1024))
-                return
-            time.sleep(0.005)
+    def keep_writing_weights() -> None:
+        # A trainer still saving its weights: the file keeps changing from before the upload starts until
+        # registration gives up, so what arrives can never match the manifest taken at the start.
+        with open(weights, "r+b") as f:
+            while not stop.is_set():
+                f.seek(int.from_bytes(os.urandom(3), "big") % (6 * 1024 * 1024 - 1024))
+                f.write(os.urandom(1024))
+                f.flush()
+                time.sleep(0.001)
 
-    writer = threading.Thread(target=rewrite_weights_once_upload_started)
+    writer = threading.Thread(target=keep_writing_weights)
     writer.start()
     try:
         with pytest.raises(RegistryError) as err:
@@ -129,7 +130,7 @@ def test_upload_that_fails_half_way_registers_nothing(
     assert registry.list_versions(model_name) == []
     run_id = message.split("(run ")[1].split(" ")[0]
     assert registry.client.get_run(run_id).info.status == "FAILED"
-    assert not any("b_weights" in u for u in storage.list_files(artifact_root)), "partial files left behind"
+    assert not any("model/" in u for u in storage.list_files(artifact_root)), "partial files left behind"
 
 
 def test_registration_on_gcs_and_resolve_production(
