@@ -1,8 +1,10 @@
 """The train.parquet manifest, image loading, and the per-step samplers (KTO, SFT, DPO pairs).
 
-Samplers are stateless functions of (seed, process index, micro-step): the batch of micro-step k is the
-same whether a run got there straight or resumed from a checkpoint, so the sampler's "position" is just
-the step counter kept in the checkpoint.
+Samplers are stateless functions of (seed, micro-step): the batch of micro-step k is the same whether a
+run got there straight or resumed from a checkpoint, so the sampler's "position" is just the step counter
+kept in the checkpoint. Every process draws the same GLOBAL batch (batch size x number of processes) and
+keeps its own rows ``[rank*B:(rank+1)*B]``, so 2 processes x batch 2 train on exactly the samples that
+1 process x batch 4 does (the draw costs only random numbers).
 """
 
 from __future__ import annotations
@@ -181,9 +183,18 @@ def load_image(uri: str, resolution: int) -> torch.Tensor:
 
 
 def step_seed(seed: int, process_index: int, micro_step: int, stream: int) -> int:
-    """A 63-bit seed for one (run seed, process, micro-step, stream): independent, reproducible streams."""
+    """A 63-bit seed for one (run seed, process, micro-step, stream): independent, reproducible streams.
+
+    The trainer passes ``process_index=0`` for every process: its draws are made for the global batch and
+    sliced per rank, so they must not depend on the rank (see :func:`rank_rows`).
+    """
     state = np.random.SeedSequence([seed & 0xFFFFFFFF, process_index, micro_step, stream]).generate_state(2)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def rank_rows(process_index: int, batch_size: int) -> slice:
+    """This process's rows of a global batch drawn identically on every process: ``[rank*B:(rank+1)*B]``."""
+    return slice(process_index * batch_size, (process_index + 1) * batch_size)
 
 
 @dataclass
@@ -202,6 +213,10 @@ class Batch:
 class StepSampler:
     """Draws the micro-batches of one process as a pure function of the micro-step counter.
 
+    The draw is made for the global batch (``batch_size * num_processes``) from a seed that depends on
+    (seed, micro-step) only, and this process keeps rows ``[rank*B:(rank+1)*B]``: the samples a step sees
+    do not depend on how the global batch is split across processes.
+
     kto: each image is liked with probability ``desirable_ratio`` (γ; paper 0.8), then drawn uniformly
     within its class, with replacement. sft: uniform over liked images. dpo: uniform over all
     (liked, disliked) pairs of the same prompt; caption dropout and flips are shared within a pair.
@@ -218,7 +233,10 @@ class StepSampler:
         hflip: bool,
         seed: int,
         process_index: int = 0,
+        num_processes: int = 1,
     ) -> None:
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}")
         self.objective = objective
         self.batch_size = batch_size
         self.desirable_ratio = desirable_ratio
@@ -226,6 +244,7 @@ class StepSampler:
         self.hflip = hflip
         self.seed = seed
         self.process_index = process_index
+        self.num_processes = num_processes
         self.liked = torch.from_numpy(np.flatnonzero(data.desirable))
         self.disliked = torch.from_numpy(np.flatnonzero(~data.desirable))
         # +1: prompt slot 0 of the cache is the empty prompt used by caption dropout.
@@ -238,17 +257,18 @@ class StepSampler:
 
     def batch(self, micro_step: int) -> Batch:
         """The micro-batch of ``micro_step`` (0-based, counting every micro-batch of this process)."""
-        g = torch.Generator().manual_seed(step_seed(self.seed, self.process_index, micro_step, 0))
-        n = self.batch_size
+        g = torch.Generator().manual_seed(step_seed(self.seed, 0, micro_step, 0))
+        n = self.batch_size * self.num_processes
+        mine = rank_rows(self.process_index, self.batch_size)
         if self.objective == "dpo":
             assert self.pairs is not None
-            pairs = self.pairs[torch.randint(0, len(self.pairs), (n,), generator=g)]
+            pairs = self.pairs[torch.randint(0, len(self.pairs), (n,), generator=g)][mine]
             rows = torch.cat([pairs[:, 0], pairs[:, 1]])
-            dropped = (torch.rand(n, generator=g) < self.caption_dropout).repeat(2)
+            dropped = (torch.rand(n, generator=g)[mine] < self.caption_dropout).repeat(2)
             flipped = (
-                (torch.rand(n, generator=g) < 0.5).repeat(2)
+                (torch.rand(n, generator=g)[mine] < 0.5).repeat(2)
                 if self.hflip
-                else torch.zeros(2 * n, dtype=torch.bool)
+                else torch.zeros(2 * self.batch_size, dtype=torch.bool)
             )
         else:
             if self.objective == "sft":
@@ -268,5 +288,6 @@ class StepSampler:
                 rows = torch.where(want_liked, liked, disliked)
             dropped = torch.rand(n, generator=g) < self.caption_dropout
             flipped = torch.rand(n, generator=g) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
+            rows, dropped, flipped = rows[mine], dropped[mine], flipped[mine]
         prompt = torch.where(dropped, torch.zeros_like(rows), self.prompt_slot[rows])
         return Batch(rows=rows, prompt_index=prompt, flipped=flipped, desirable=self.labels[rows])

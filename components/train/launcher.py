@@ -143,6 +143,26 @@ def node_command(
     return ["bash", "-c", script]
 
 
+def launch_environment(
+    plan: LaunchPlan, *, cuda_available: bool | None = None, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of the ``accelerate launch`` child: ``base`` (default: this process's) + ``plan.env``.
+
+    Several processes without CUDA get ``ACCELERATE_USE_CPU=true``: accelerate 1.15 spawns several local
+    processes only for its MULTI_GPU type, and without that variable each process would then look for a GPU
+    instead of joining a CPU (gloo) process group. ``plan.env`` wins over both.
+    """
+    env = dict(os.environ if base is None else base)
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    if plan.mode == "accelerate" and not cuda_available:
+        env["ACCELERATE_USE_CPU"] = "true"
+    env.update(plan.env)
+    return env
+
+
 def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
     """Train per ``config`` on the hardware ``plan`` describes and return the trainer's result."""
     from components.train.step import TrainResult, run
@@ -165,7 +185,7 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
         if plan.mode == "accelerate":
             command = accelerate_command(plan.strategy, plan.gpus_per_node, config_uri, result_uri)
             log.info("running %s", shlex.join(command))
-            completed = subprocess.run(command, check=False, env={**os.environ, **plan.env})
+            completed = subprocess.run(command, check=False, env=launch_environment(plan))
             if completed.returncode != 0:
                 raise LaunchError(
                     f"accelerate launch across {plan.gpus_per_node} GPUs exited with code "

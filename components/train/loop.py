@@ -23,7 +23,14 @@ from components.shared import storage
 from components.shared.telemetry import StepTelemetry, get_logger
 from components.train import checkpoint as ckpt
 from components.train.cache import EncodedData, build_or_load_cache
-from components.train.data import Batch, StepSampler, check_data_for_objective, read_train_data, step_seed
+from components.train.data import (
+    Batch,
+    StepSampler,
+    check_data_for_objective,
+    rank_rows,
+    read_train_data,
+    step_seed,
+)
 from components.train.losses import KTOLoss, diffusion_dpo_loss, per_sample_mse, sft_loss
 from components.train.models import TrainModels, adapters_disabled, compute_dtype, load_train_models
 from components.train.step import TrainConfig, TrainResult, validate_environment
@@ -121,9 +128,13 @@ class Trainer:
             return model(x_t, t, encoder_hidden_states=cond, **kwargs).sample
 
     def loss(
-        self, batch: Batch, micro_step: int
+        self, batch: Batch, micro_step: int, check_finite: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss and (reward margin, accuracy, reference point) of one micro-batch; nothing leaves the device."""
+        """Loss and (reward margin, accuracy, reference point) of one micro-batch; nothing leaves the device.
+
+        ``check_finite``: let the loss raise its clear error on NaN/inf MSEs; each check reads a flag back
+        from the device, so the loop asks for it on CUDA only on the steps it logs (and syncs) anyway.
+        """
         cfg, enc, device = self.config, self.encoded, self.device
         rank = self.accelerator.process_index
         cache_device = enc.latent_mean.device
@@ -141,14 +152,28 @@ class Trainer:
         )
         desirable = batch.desirable.to(device, non_blocking=True)
 
-        g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, rank, micro_step, 1))
+        # Every draw is made for the GLOBAL batch from a seed of (seed, micro-step) and sliced to this
+        # process's rows, so the noise, timesteps and latent samples of an image do not depend on how the
+        # global batch is split across processes (2 x 2 trains like 1 x 4). Costs only random numbers.
+        g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, 0, micro_step, 1))
+        n = mean.shape[0]
+        shape = tuple(mean.shape[1:])
+        world = self.accelerator.num_processes
+        if cfg.objective == "dpo":
+            # Rows are this rank's preferred images, then their partners: slice each half of the global draw.
+            pairs = n // 2
+            mine = rank_rows(rank, pairs)
+            sample = torch.randn((2, pairs * world, *shape), generator=g, device=device)[:, mine]
+            sample = sample.reshape(n, *shape)
+        else:
+            mine = rank_rows(rank, n)
+            sample = torch.randn((n * world, *shape), generator=g, device=device)[mine]
         # latent_dist.sample() of the reference code, from the cached mean and std.
-        latents = mean + std * torch.randn(mean.shape, generator=g, device=device)
+        latents = mean + std * sample
         latents = (latents - enc.shift_factor) * enc.scaling_factor
-        n = latents.shape[0]
         draws = n // 2 if cfg.objective == "dpo" else n
-        noise = torch.randn((draws, *latents.shape[1:]), generator=g, device=device)
-        timesteps = torch.randint(0, self.num_timesteps, (draws,), generator=g, device=device)
+        noise = torch.randn((draws * world, *shape), generator=g, device=device)[mine]
+        timesteps = torch.randint(0, self.num_timesteps, (draws * world,), generator=g, device=device)[mine]
         if cfg.objective == "dpo":
             # Diffusion-DPO: the preferred and the other image of a pair share noise and timestep.
             noise, timesteps = noise.repeat(2, 1, 1, 1), timesteps.repeat(2)
@@ -170,7 +195,7 @@ class Trainer:
         policy_mse = per_sample_mse(self._predict(self.unet, x_t, timesteps, cond, pooled), target)
 
         if cfg.objective == "sft":
-            loss = sft_loss(policy_mse, desirable)
+            loss = sft_loss(policy_mse, desirable, check_finite=check_finite)
             return loss, zero, zero, zero
         assert reference_mse is not None
         if cfg.objective == "dpo":
@@ -181,6 +206,7 @@ class Trainer:
                 policy_mse_l=policy_mse[h:],
                 ref_mse_l=reference_mse[h:],
                 beta=cfg.beta,
+                check_finite=check_finite,
             )
             return out.loss, out.reward_margins.mean(), out.implicit_accuracy.to(device), zero
         mismatched: dict[str, torch.Tensor] = {}
@@ -199,7 +225,7 @@ class Trainer:
                     mismatched["reference_mse_mismatched"] = per_sample_mse(
                         self._predict(ref, x_t, timesteps, rolled, rolled_pooled), target
                     )
-        kto = self.kto(policy_mse, reference_mse, desirable, **mismatched)
+        kto = self.kto(policy_mse, reference_mse, desirable, **mismatched, check_finite=check_finite)
         return kto.loss, kto.reward_margin, kto.reward_accuracy, kto.reference_point
 
 
@@ -332,6 +358,7 @@ def train(config: TrainConfig) -> TrainResult:
         hflip=config.hflip,
         seed=config.seed,
         process_index=accelerator.process_index,
+        num_processes=n_proc,
     )
     trainer = Trainer(config, models, encoded, accelerator, unet)
     images_per_step = (
@@ -367,7 +394,12 @@ def train(config: TrainConfig) -> TrainResult:
         while global_step < config.max_steps:
             with accelerator.accumulate(unet):
                 batch = sampler.batch(micro_step)
-                loss, margin, accuracy, z = trainer.loss(batch, micro_step)
+                # On CUDA the NaN/inf checks (host syncs) run only on the optimizer steps that are logged,
+                # where the figures are read back anyway; a NaN in between surfaces there. On CPU they
+                # cost nothing and run every step.
+                logged = (global_step + 1) % config.logging_steps == 0 or global_step + 1 == config.max_steps
+                check = device_type != "cuda" or logged or global_step == start_step
+                loss, margin, accuracy, z = trainer.loss(batch, micro_step, check_finite=check)
                 micro_step += 1
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

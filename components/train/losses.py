@@ -20,6 +20,11 @@ A desirable image gains utility when the policy's error on it falls below the re
 undesirable one when the policy's error rises above it. The reference point is all-reduced (sum and
 count) across processes whenever ``torch.distributed`` is initialised, so unequal per-rank batches give
 the same z as one process holding the whole global batch.
+
+Nothing here reads a value back to the host unless asked: the NaN/inf checks (``check_finite=True``, the
+default, which raises a clear error) each cost a device-to-host sync, so the trainer turns them on only on
+the steps where it reads its figures back anyway. Class counts and means are masked sums, not boolean
+indexing (which syncs to learn the result's size).
 """
 
 from __future__ import annotations
@@ -97,15 +102,27 @@ class KTOLossOutput:
     """Mean g over desirable samples (0.0 when there is none)."""
     undesirable_reward_mean: Tensor
     """Mean g over undesirable samples (0.0 when there is none)."""
-    n_desirable: int
-    n_undesirable: int
+    desirable_count: Tensor
+    """Number of desirable samples in this process's batch (a device scalar: reading it syncs)."""
+    undesirable_count: Tensor
+    """Number of undesirable samples in this process's batch (a device scalar)."""
+
+    @property
+    def n_desirable(self) -> int:
+        """Number of desirable samples, as a Python int (one host sync on an accelerator)."""
+        return int(self.desirable_count)
+
+    @property
+    def n_undesirable(self) -> int:
+        """Number of undesirable samples, as a Python int (one host sync on an accelerator)."""
+        return int(self.undesirable_count)
 
     @property
     def reward_margin(self) -> Tensor:
-        """Desirable minus undesirable mean reward; 0.0 unless both classes are in the batch."""
-        if self.n_desirable == 0 or self.n_undesirable == 0:
-            return torch.zeros_like(self.desirable_reward_mean)
-        return self.desirable_reward_mean - self.undesirable_reward_mean
+        """Desirable minus undesirable mean reward; 0.0 unless both classes are in the batch (no host sync)."""
+        both = (self.desirable_count > 0) & (self.undesirable_count > 0)
+        margin = self.desirable_reward_mean - self.undesirable_reward_mean
+        return torch.where(both, margin, torch.zeros_like(margin))
 
 
 @dataclass(frozen=True)
@@ -138,15 +155,19 @@ def _check_finite(name: str, value: Tensor) -> None:
         )
 
 
-def _check_per_sample(name: str, value: Tensor, batch_size: int | None = None) -> None:
-    """Raise a ValueError unless ``value`` is a finite 1-D tensor (of ``batch_size`` entries if given)."""
+def _check_per_sample(
+    name: str, value: Tensor, batch_size: int | None = None, check_finite: bool = True
+) -> None:
+    """Raise a ValueError unless ``value`` is a 1-D tensor (of ``batch_size`` entries if given), finite
+    when ``check_finite`` (the shape checks read metadata only; the finiteness check syncs)."""
     if not isinstance(value, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape [batch], got {type(value).__name__}")
     if value.ndim != 1:
         raise ValueError(f"{name} must have shape [batch] (one value per sample), got {tuple(value.shape)}")
     if batch_size is not None and value.shape[0] != batch_size:
         raise ValueError(f"{name} has {value.shape[0]} entries but the batch has {batch_size} samples")
-    _check_finite(name, value)
+    if check_finite:
+        _check_finite(name, value)
 
 
 def per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
@@ -168,9 +189,14 @@ def global_sum_and_count(values: Tensor, mask: Tensor | None = None) -> tuple[Te
     Returns detached float32 scalars on ``values``' device.
     """
     values = values.detach().float()
-    if mask is not None:
-        values = values[mask.to(torch.bool)]
-    stats = torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device)])
+    if mask is None:
+        count = torch.full((), float(values.numel()), device=values.device)
+    else:
+        # A masked sum rather than values[mask]: boolean indexing syncs with the device to size its result.
+        mask = mask.to(device=values.device, dtype=torch.bool)
+        values = torch.where(mask, values, torch.zeros_like(values))
+        count = mask.sum().float()
+    stats = torch.stack([values.sum(), count])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
     return stats[0], stats[1]
@@ -182,18 +208,22 @@ def _clamped_global_mean(values: Tensor) -> Tensor:
     return (total / count.clamp(min=1)).clamp(min=0).detach()
 
 
-def batch_mean_reference_point(policy_mse: Tensor, reference_mse: Tensor) -> Tensor:
+def batch_mean_reference_point(
+    policy_mse: Tensor, reference_mse: Tensor, *, check_finite: bool = True
+) -> Tensor:
     """z = clamp(mean over the global batch of (r − m), min=0), detached: the paper's default (Eq. 8).
 
     The clamp follows the reference code (``kl.clamp(min=0)``): z estimates a KL divergence, which is never
     negative. All-reduced across processes when ``torch.distributed`` is initialised.
     """
-    _check_per_sample("policy_mse", policy_mse)
-    _check_per_sample("reference_mse", reference_mse, policy_mse.shape[0])
+    _check_per_sample("policy_mse", policy_mse, check_finite=check_finite)
+    _check_per_sample("reference_mse", reference_mse, policy_mse.shape[0], check_finite=check_finite)
     return _clamped_global_mean(reference_mse.detach() - policy_mse.detach())
 
 
-def unpaired_reference_point(policy_mse_mismatched: Tensor, reference_mse_mismatched: Tensor) -> Tensor:
+def unpaired_reference_point(
+    policy_mse_mismatched: Tensor, reference_mse_mismatched: Tensor, *, check_finite: bool = True
+) -> Tensor:
     """z estimated from mismatched (image, prompt) pairs: clamp(global mean of (r' − m'), min=0), detached.
 
     The trainer rolls the prompts one place in the batch (image i is paired with prompt i+1), computes the
@@ -201,30 +231,32 @@ def unpaired_reference_point(policy_mse_mismatched: Tensor, reference_mse_mismat
     "unpaired" KL estimate of the LLM KTO paper (Ethayarajh et al. 2024, §4) and of TRL's ``KTOTrainer``,
     offered by the Diffusion-KTO reference code as an alternative reference point.
     """
-    _check_per_sample("policy_mse_mismatched", policy_mse_mismatched)
-    _check_per_sample("reference_mse_mismatched", reference_mse_mismatched, policy_mse_mismatched.shape[0])
+    _check_per_sample("policy_mse_mismatched", policy_mse_mismatched, check_finite=check_finite)
+    _check_per_sample(
+        "reference_mse_mismatched",
+        reference_mse_mismatched,
+        policy_mse_mismatched.shape[0],
+        check_finite=check_finite,
+    )
     return _clamped_global_mean(reference_mse_mismatched.detach() - policy_mse_mismatched.detach())
 
 
-def class_mean_reference_point(rewards: Tensor, desirable: Tensor) -> Tensor:
+def class_mean_reference_point(rewards: Tensor, desirable: Tensor, *, check_finite: bool = True) -> Tensor:
     """z = clamp(½·(mean g over desirable + mean g over undesirable), min=0), detached.
 
     The class means are global (sums and counts all-reduced) so a batch skewed by the γ = 0.8 desirable
     sampler does not drag z towards the desirable class. When one class has no sample anywhere in the
     global batch, z is the other class's mean; with no samples at all, z = 0.
     """
-    _check_per_sample("rewards", rewards)
+    _check_per_sample("rewards", rewards, check_finite=check_finite)
     desirable = _as_bool_labels(desirable, rewards.shape[0])
     sum_d, count_d = global_sum_and_count(rewards, desirable)
     sum_u, count_u = global_sum_and_count(rewards, ~desirable)
-    means = []
-    if float(count_d) > 0:
-        means.append(sum_d / count_d)
-    if float(count_u) > 0:
-        means.append(sum_u / count_u)
-    if not means:
-        return torch.zeros((), device=rewards.device)
-    return torch.stack(means).mean().clamp(min=0).detach()
+    # Mean of the class means present, without reading the counts back: an absent class has weight 0.
+    has_d, has_u = (count_d > 0).float(), (count_u > 0).float()
+    mean_d, mean_u = sum_d / count_d.clamp(min=1), sum_u / count_u.clamp(min=1)
+    z = (has_d * mean_d + has_u * mean_u) / (has_d + has_u).clamp(min=1)
+    return z.clamp(min=0).detach()
 
 
 def _as_bool_labels(desirable: Tensor, batch_size: int) -> Tensor:
@@ -251,6 +283,7 @@ def diffusion_kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     reference_point: Tensor | None = None,
+    check_finite: bool = True,
 ) -> KTOLossOutput:
     """The Diffusion-KTO objective (Li et al. 2024, Eq. 8 with the Kahneman–Tversky utility by default).
 
@@ -264,6 +297,8 @@ def diffusion_kto_loss(
         desirable_weight, undesirable_weight: λ_D and λ_U, per-class loss weights (KTO paper §4.2).
         reference_point: None for z = clamp(global batch mean of g, min=0); a scalar tensor to use
             that z instead (from :func:`unpaired_reference_point` or :func:`class_mean_reference_point`).
+        check_finite: raise on NaN/inf inputs (default). Each check reads a flag back from the device, so
+            the trainer passes False on the steps where it does not sync anyway (on CUDA).
 
     Returns:
         A :class:`KTOLossOutput`; back-propagate ``.loss``.
@@ -280,9 +315,9 @@ def diffusion_kto_loss(
         raise ValueError(
             f"desirable_weight and undesirable_weight must be >= 0, got {desirable_weight}, {undesirable_weight}"
         )
-    _check_per_sample("policy_mse", policy_mse)
+    _check_per_sample("policy_mse", policy_mse, check_finite=check_finite)
     batch_size = policy_mse.shape[0]
-    _check_per_sample("reference_mse", reference_mse, batch_size)
+    _check_per_sample("reference_mse", reference_mse, batch_size, check_finite=check_finite)
     labels = _as_bool_labels(desirable, batch_size)
 
     policy_mse = policy_mse.float()
@@ -296,7 +331,8 @@ def diffusion_kto_loss(
     else:
         if not isinstance(reference_point, Tensor) or reference_point.numel() != 1:
             raise ValueError("reference_point must be a scalar tensor (or None for the batch-mean estimate)")
-        _check_finite("reference_point", reference_point)
+        if check_finite:
+            _check_finite("reference_point", reference_point)
         z = reference_point.detach().float().reshape(()).to(policy_mse.device)
 
     signs = labels.float() * 2 - 1
@@ -310,11 +346,12 @@ def diffusion_kto_loss(
 
     with torch.no_grad():
         detached = rewards.detach()
-        n_desirable = int(labels.sum())
+        # Masked sums and device counts: no host sync (an empty class has mean 0.0, not NaN).
+        n_desirable = labels.sum()
         n_undesirable = batch_size - n_desirable
         zero = torch.zeros((), device=detached.device)
-        desirable_mean = detached[labels].mean() if n_desirable else zero
-        undesirable_mean = detached[~labels].mean() if n_undesirable else zero
+        desirable_mean = torch.where(labels, detached, zero).sum() / n_desirable.clamp(min=1)
+        undesirable_mean = torch.where(labels, zero, detached).sum() / n_undesirable.clamp(min=1)
         accuracy = (signed_advantage.detach() > 0).float().mean() if batch_size else zero
 
     return KTOLossOutput(
@@ -325,22 +362,22 @@ def diffusion_kto_loss(
         reward_accuracy=accuracy,
         desirable_reward_mean=desirable_mean,
         undesirable_reward_mean=undesirable_mean,
-        n_desirable=n_desirable,
-        n_undesirable=n_undesirable,
+        desirable_count=n_desirable,
+        undesirable_count=n_undesirable,
     )
 
 
-def sft_loss(policy_mse: Tensor, desirable: Tensor) -> Tensor:
+def sft_loss(policy_mse: Tensor, desirable: Tensor, *, check_finite: bool = True) -> Tensor:
     """Supervised fine-tuning baseline: mean policy MSE over the desirable samples only.
 
     Undesirable samples are ignored. A batch with no desirable sample gives a zero loss that still carries
     the grad graph (``0 · sum(m)``), so DDP's gradient all-reduce and ``backward()`` run as on any batch.
     """
-    _check_per_sample("policy_mse", policy_mse)
+    _check_per_sample("policy_mse", policy_mse, check_finite=check_finite)
     labels = _as_bool_labels(desirable, policy_mse.shape[0]).to(policy_mse.device)
-    if not bool(labels.any()):
-        return policy_mse.float().sum() * 0.0
-    return policy_mse.float()[labels].mean()
+    policy = policy_mse.float()
+    # Masked sum over a clamped count: no host sync, and an all-undesirable batch gives 0 with a graph.
+    return torch.where(labels, policy, torch.zeros_like(policy)).sum() / labels.sum().clamp(min=1)
 
 
 def diffusion_dpo_loss(
@@ -350,6 +387,7 @@ def diffusion_dpo_loss(
     ref_mse_l: Tensor,
     *,
     beta: float,
+    check_finite: bool = True,
 ) -> DPOLossOutput:
     """Diffusion-DPO baseline (Wallace et al. 2024): −log σ(0.5·β·((r_w − m_w) − (r_l − m_l))), mean over pairs.
 
@@ -358,21 +396,26 @@ def diffusion_dpo_loss(
     - ref_diff)``); the paper's β absorbs the timestep weighting. Paper setting: β = 5000 for SD v1.5.
 
     Arguments: the policy's MSE on the winner and on the loser, then the reference's on the winner and
-    on the loser, each of shape [P] (P pairs).
+    on the loser, each of shape [P] (P pairs). ``check_finite`` as in :func:`diffusion_kto_loss`.
     """
     if not beta > 0 or beta != beta or beta == float("inf"):
         raise ValueError(f"beta must be a finite number > 0 (paper: 5000 for SD v1.5), got {beta}")
-    _check_per_sample("policy_mse_w", policy_mse_w)
     n_pairs = policy_mse_w.shape[0]
-    _check_per_sample("policy_mse_l", policy_mse_l, n_pairs)
-    _check_per_sample("ref_mse_w", ref_mse_w, n_pairs)
-    _check_per_sample("ref_mse_l", ref_mse_l, n_pairs)
+    for name, value in (
+        ("policy_mse_w", policy_mse_w),
+        ("policy_mse_l", policy_mse_l),
+        ("ref_mse_w", ref_mse_w),
+        ("ref_mse_l", ref_mse_l),
+    ):
+        _check_per_sample(name, value, n_pairs, check_finite=check_finite)
     chosen = ref_mse_w.detach().float() - policy_mse_w.float()
     rejected = ref_mse_l.detach().float() - policy_mse_l.float()
     margins = chosen - rejected
     losses = -F.logsigmoid(0.5 * beta * margins)
     with torch.no_grad():
-        accuracy = (margins.detach() > 0).float().mean() if n_pairs else torch.zeros(())
+        accuracy = (
+            (margins.detach() > 0).float().mean() if n_pairs else torch.zeros((), device=margins.device)
+        )
     return DPOLossOutput(
         loss=losses.mean() if n_pairs else policy_mse_w.float().sum() * 0.0,
         losses=losses,
@@ -419,8 +462,14 @@ class KTOLoss(torch.nn.Module):
         desirable: Tensor,
         policy_mse_mismatched: Tensor | None = None,
         reference_mse_mismatched: Tensor | None = None,
+        *,
+        check_finite: bool = True,
     ) -> KTOLossOutput:
-        """Evaluate the loss; the mismatched MSEs are required in "unpaired" mode and ignored otherwise."""
+        """Evaluate the loss; the mismatched MSEs are required in "unpaired" mode and ignored otherwise.
+
+        ``check_finite``: raise on NaN/inf inputs (one host sync per checked tensor); see
+        :func:`diffusion_kto_loss`.
+        """
         reference_point: Tensor | None = None
         if self.reference_point_mode == "unpaired":
             if policy_mse_mismatched is None or reference_mse_mismatched is None:
@@ -428,12 +477,14 @@ class KTOLoss(torch.nn.Module):
                     "reference_point_mode 'unpaired' needs policy_mse_mismatched and reference_mse_mismatched "
                     "(the MSEs on images paired with prompts rolled one place in the batch)"
                 )
-            reference_point = unpaired_reference_point(policy_mse_mismatched, reference_mse_mismatched)
+            reference_point = unpaired_reference_point(
+                policy_mse_mismatched, reference_mse_mismatched, check_finite=check_finite
+            )
         elif self.reference_point_mode == "class_mean":
-            _check_per_sample("policy_mse", policy_mse)
-            _check_per_sample("reference_mse", reference_mse, policy_mse.shape[0])
+            _check_per_sample("policy_mse", policy_mse, check_finite=check_finite)
+            _check_per_sample("reference_mse", reference_mse, policy_mse.shape[0], check_finite=check_finite)
             reference_point = class_mean_reference_point(
-                reference_mse.detach().float() - policy_mse.detach().float(), desirable
+                reference_mse.detach().float() - policy_mse.detach().float(), desirable, check_finite=False
             )
         return diffusion_kto_loss(
             policy_mse,
@@ -444,6 +495,7 @@ class KTOLoss(torch.nn.Module):
             desirable_weight=self.desirable_weight,
             undesirable_weight=self.undesirable_weight,
             reference_point=reference_point,
+            check_finite=check_finite,
         )
 
     def extra_repr(self) -> str:

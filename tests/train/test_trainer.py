@@ -96,7 +96,11 @@ def sigterm_at_step() -> Iterator[Any]:
             self.step = step
 
         def emit(self, record: logging.LogRecord) -> None:
-            if record.msg.startswith("step %d") and record.args and record.args[0] == self.step:
+            if (
+                record.msg.startswith("step %d")
+                and isinstance(record.args, tuple)
+                and record.args[0] == self.step
+            ):
                 os.kill(os.getpid(), signal.SIGTERM)
 
     def arm(step: int) -> None:

@@ -1,0 +1,86 @@
+"""Process-layout invariance of the trainer's draws, and the environment of a multi-process launch.
+
+The sampler draws the global batch from (seed, micro-step) and gives each process its slice, so the
+samples of 2 processes x batch 2 are exactly those of 1 process x batch 4 (the end-to-end trainer check
+is in test_distributed.py). The launcher must mark a CPU-only multi-process launch for gloo.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.train.data import StepSampler, TrainData
+from components.train.launcher import LaunchPlan, launch_environment
+
+
+def _data(n: int = 12) -> TrainData:
+    return TrainData(
+        source="memory",
+        data_hash="h",
+        sample_ids=[str(i) for i in range(n)],
+        image_uris=[f"/img/{i}.png" for i in range(n)],
+        prompts=["a", "b", "c"],
+        prompt_index=np.arange(n) % 3,
+        desirable=np.arange(n) % 2 == 0,
+    )
+
+
+@pytest.mark.parametrize("objective", ["kto", "sft", "dpo"])
+def test_two_processes_of_batch_2_see_the_batch_of_one_process_of_batch_4(objective: str) -> None:
+    kwargs = dict(objective=objective, desirable_ratio=0.8, caption_dropout=0.3, hflip=True, seed=5)
+    data = _data()
+    single = StepSampler(data, batch_size=4, **kwargs)  # type: ignore[arg-type]
+    ranks = [
+        StepSampler(data, batch_size=2, process_index=r, num_processes=2, **kwargs)  # type: ignore[arg-type]
+        for r in (0, 1)
+    ]
+    for micro_step in range(5):
+        whole = single.batch(micro_step)
+        parts = [s.batch(micro_step) for s in ranks]
+        for field in ("rows", "prompt_index", "flipped", "desirable"):
+            got = [getattr(p, field) for p in parts]
+            want = getattr(whole, field)
+            if objective == "dpo":
+                # Rows are [winners; losers] per process: compare the pairs, not the flat order.
+                want = want.reshape(2, 4)
+                got_pairs = torch.cat([g.reshape(2, 2) for g in got], dim=1)
+                assert torch.equal(got_pairs, want), f"{objective} step {micro_step}: {field} differs"
+            else:
+                assert torch.equal(torch.cat(got), want), f"{objective} step {micro_step}: {field} differs"
+    # Different micro-steps draw different batches (the test would pass vacuously otherwise).
+    assert not torch.equal(single.batch(0).rows, single.batch(1).rows)
+
+
+def test_sampler_refuses_a_rank_outside_the_world() -> None:
+    with pytest.raises(ValueError, match="process_index"):
+        StepSampler(
+            _data(),
+            objective="kto",
+            batch_size=2,
+            desirable_ratio=0.8,
+            caption_dropout=0.0,
+            hflip=False,
+            seed=0,
+            process_index=2,
+            num_processes=2,
+        )
+
+
+def test_multi_process_launch_without_cuda_uses_the_cpu_backend() -> None:
+    plan = LaunchPlan(gpus_per_node=2, env={"DKTO_RUN_ID": "r1"})
+    env = launch_environment(plan, cuda_available=False, base={"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "ACCELERATE_USE_CPU": "true", "DKTO_RUN_ID": "r1"}
+
+
+def test_gpu_and_single_process_launches_leave_the_backend_alone() -> None:
+    gpu = launch_environment(LaunchPlan(gpus_per_node=8), cuda_available=True, base={"PATH": "/bin"})
+    assert gpu == {"PATH": "/bin"}
+    single = launch_environment(LaunchPlan(gpus_per_node=1), cuda_available=False, base={})
+    assert "ACCELERATE_USE_CPU" not in single
+    # The plan's own environment has the last word.
+    forced = launch_environment(
+        LaunchPlan(gpus_per_node=2, env={"ACCELERATE_USE_CPU": "false"}), cuda_available=False, base={}
+    )
+    assert forced["ACCELERATE_USE_CPU"] == "false"
