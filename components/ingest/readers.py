@@ -1,16 +1,16 @@
 """Readers: one source file (JSONL, Parquet, CSV) -> batches of candidate records in ``RAW_SCHEMA``.
 
-Each batch carries the records that parsed (``table``, with the 1-based line/row number in ``_row`` and,
-for JSONL, the verbatim line in ``_raw``) and the records that did not (``quarantined``, each with its
-reason and a message naming the field). Nothing is dropped: every non-blank line or row read lands in one
-of the two.
+Each batch carries the records that parsed (``table``, with the 1-based line/row number in ``_row``; for
+JSONL the verbatim line stays in the chunk, ``RawBatch.raw_line``) and the records that did not
+(``quarantined``, each with its reason and a message naming the field). Nothing is dropped: every
+non-blank line or row read lands in one of the two.
 
-JSONL fast path (why it is fast and still exact): the chunk's lines become one Arrow string array without
-copying; a vectorised RE2 pass marks the lines that are certainly well-formed flat JSON objects with
-correctly typed known fields; those go through ``pyarrow.json`` in one multi-threaded call. Every other
-line (malformed JSON, wrong types, deep nesting) takes the per-line path (``json.loads`` + the pydantic
-model), which gives the exact reason. If Arrow still rejects the "clean" lines (for example an unknown
-field whose type changes between rows), a resumable per-row scan isolates the offending rows.
+JSONL fast path (why it is fast and still exact): numpy finds the line ends of a chunk; lines in braces
+that a byte-level type screen passes are parsed by ``pyarrow.json`` in one multi-threaded call over the
+chunk itself (the other lines blanked in a copy). Every other line (malformed JSON, wrong types, not an
+object) takes the per-line path (``json.loads`` + the pydantic model), which gives the exact reason.
+Arrow's explicit schema is strict, so a line the screen misses is rejected, never mis-typed; the chunk is
+then parsed in blocks and a rejected block row by row, which isolates the offending rows.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pyarrow.json as pj
 from components.ingest.schema import KNOWN_FIELDS, RAW_SCHEMA, classify_record, event_to_row
 from components.shared import storage
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 24 << 20
 
 _ARROW_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name != "metadata"])
 _ROW_IN_ERROR = re.compile(r"in row (\d+)")
@@ -256,7 +256,7 @@ def _parse_in_blocks(lines: pa.Array) -> tuple[list[tuple[pa.Table, int, int]], 
 
 
 def parse_jsonl_chunk(
-    chunk: bytes | memoryview, first_line: int, source: str, base_dir: str, max_prompt_chars: int
+    chunk: bytes | memoryview | np.ndarray, first_line: int, source: str, base_dir: str, max_prompt_chars: int
 ) -> RawBatch:
     """Parse one chunk of whole lines; ``first_line`` is the 1-based number of its first line.
 
@@ -265,7 +265,7 @@ def parse_jsonl_chunk(
     (Arrow skips blank lines, so its rows are exactly the kept lines, in order). Everything else, and
     every line Arrow rejects, goes through ``json.loads`` + the pydantic model, which names the reason.
     """
-    if not chunk:
+    if len(chunk) == 0:
         return RawBatch(source, base_dir, empty_raw_table())
     view = np.frombuffer(chunk, dtype=np.uint8)
     starts, ends = _line_bounds(view)
@@ -295,6 +295,8 @@ def parse_jsonl_chunk(
     slow = ~blank & ~arrow_ok
     tables: list[pa.Table] = []
     slow_idx = np.flatnonzero(slow)
+    # the per-line path's lines, taken before they are blanked for Arrow below
+    slow_text = {i: bytes(chunk[starts[i] : ends[i]]) for i in slow_idx.tolist()}
     arrow_idx = np.flatnonzero(arrow_ok)
     if len(arrow_idx):
         rejected: list[int] = []
@@ -302,10 +304,11 @@ def parse_jsonl_chunk(
             if len(arrow_idx) == n - int(blank.sum()):
                 body: Any = chunk
             else:
-                copy = bytearray(chunk)
-                for i in np.flatnonzero(~arrow_ok & ~blank).tolist():
-                    copy[starts[i] : ends[i]] = b" " * int(ends[i] - starts[i])
-                body = copy
+                # blank in place when the chunk is our own buffer (read_jsonl's), else in a copy
+                own = isinstance(chunk, np.ndarray) and chunk.flags.writeable
+                body = chunk if own else np.frombuffer(bytearray(chunk), dtype=np.uint8)
+                for i in slow_idx.tolist():
+                    body[starts[i] : ends[i]] = 32
             parsed = _parse_buffer(pa.py_buffer(body))
             if parsed.num_rows != len(arrow_idx):
                 raise pa.ArrowInvalid("row count differs from the kept lines")
@@ -323,7 +326,7 @@ def parse_jsonl_chunk(
     row_numbers: list[int] = []
     raws: list[str | None] = []
     for i in slow_idx.tolist():
-        raw_bytes = bytes(chunk[starts[i] : ends[i]])
+        raw_bytes = slow_text[i] if i in slow_text else bytes(chunk[starts[i] : ends[i]])
         if invalid_utf8[i]:
             text = raw_bytes.decode("utf-8", "replace").rstrip("\r")
             message = f"line {numbers[i]}: not valid UTF-8"
@@ -378,29 +381,59 @@ def _scan_resumable(
     return segments, rejected
 
 
+def _fill(f: Any, out: memoryview) -> int:
+    """Read into ``out`` until it is full or the file ends; the number of bytes read."""
+    got = 0
+    while got < len(out):
+        n = f.readinto(out[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
 def read_jsonl(
     uri: str, base_dir: str, max_prompt_chars: int, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[RawBatch]:
-    """Stream a JSONL file in chunks of whole lines."""
+    """Stream a JSONL file in chunks of whole lines.
+
+    Each chunk is read straight into its own buffer (after the previous chunk's partial last line), so
+    no chunk is copied; the batch keeps the buffer for verbatim lines of rows quarantined later.
+    """
     line_no = 1
-    carry = b""
+    carry = np.empty(0, dtype=np.uint8)
     with storage.open_read(uri) as f:
         while True:
-            block = f.read(chunk_bytes)
-            if not block:
+            buf = np.empty(len(carry) + chunk_bytes, dtype=np.uint8)
+            buf[: len(carry)] = carry
+            got = _fill(f, buf.data[len(carry) :])
+            if not got:
                 break
-            data = carry + block if carry else block
-            cut = data.rfind(b"\n") + 1
+            data = buf[: len(carry) + got]
+            cut = _after_last_newline(data)
             if cut == 0:
-                carry = data
+                carry = data.copy()
                 continue
-            # a view, not a copy, of the whole lines; only the partial last line is copied
-            chunk, carry = memoryview(data)[:cut], data[cut:]
+            chunk, carry = data[:cut], data[cut:].copy()
             batch = parse_jsonl_chunk(chunk, line_no, uri, base_dir, max_prompt_chars)
             line_no += len(batch.lines) if batch.lines is not None else 0
             yield batch
-    if carry:
+    if len(carry):
         yield parse_jsonl_chunk(carry, line_no, uri, base_dir, max_prompt_chars)
+
+
+def _after_last_newline(data: np.ndarray) -> int:
+    """Position just after the last newline of ``data`` (0 if it has none)."""
+    end = len(data)
+    step = 1 << 16
+    while end > 0:
+        lo = max(0, end - step)
+        hits = np.flatnonzero(data[lo:end] == 10)
+        if len(hits):
+            return int(lo + hits[-1] + 1)
+        end = lo
+        step *= 4
+    return 0
 
 
 # ---------------------------------------------------------------- Parquet and CSV
