@@ -149,7 +149,8 @@ class StepTelemetry:
         """Serve ``/metrics`` on a port (for the long training step); returns the server.
 
         Port 0 picks a free port (``server.server_port`` says which); ``server.shutdown()`` stops it.
-        The PodMonitor in ``k8s/base/monitoring.yaml`` scrapes the port named ``metrics`` (9090).
+        The ``dkto-trainer`` PodMonitor in ``k8s/monitoring/scrape.yaml`` scrapes ``<pod IP>:9090``
+        (``ClusterSettings.train_metrics_port``).
         """
         from prometheus_client import start_http_server
 
