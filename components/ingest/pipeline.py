@@ -21,7 +21,7 @@ from components.ingest.images import check_images
 from components.ingest.readers import QuarantinedRecord, RawBatch
 from components.ingest.schema import EVENTS_SCHEMA, QUARANTINE_SCHEMA, utc_now
 from components.ingest.step import IngestConfig, IngestResult
-from components.ingest.validate import base_dir_of, check_batch, normalise_roots
+from components.ingest.validate import base_dir_of, check_batch, normalise_roots, take_rows
 from components.shared import storage
 from components.shared.telemetry import StepTelemetry
 
@@ -145,11 +145,9 @@ def ingest(config: IngestConfig) -> IngestResult:
         bad = checked.reasons != ""
         if bad.any():
             idx = np.flatnonzero(bad)
-            rows = (
-                t.select(["event_id", "_row", "_raw", *CONTENT_COLUMNS, "created_at", "metadata"])
-                .take(pa.array(idx))
-                .to_pylist()
-            )
+            rows = take_rows(
+                t.select(["event_id", "_row", "_raw", *CONTENT_COLUMNS, "created_at", "metadata"]), idx
+            ).to_pylist()
             for i, row in zip(idx, rows, strict=True):
                 quarantined.append(
                     QuarantinedRecord(
@@ -204,7 +202,7 @@ def ingest(config: IngestConfig) -> IngestResult:
     if len(repeated):
         in_repeated = pc.fill_null(pc.is_in(ids, repeated), False).to_numpy(zero_copy_only=False)
         rep_idx = np.flatnonzero(in_repeated & (state == ACCEPTED))
-        sub = candidates.select(["event_id", *CONTENT_COLUMNS]).take(pa.array(rep_idx))
+        sub = take_rows(candidates.select(["event_id", *CONTENT_COLUMNS]), rep_idx)
         groups = (
             pa.table({"event_id": sub.column("event_id"), "key": _content_key(sub), "i": pa.array(rep_idx)})
             .group_by("event_id", use_threads=False)
@@ -233,7 +231,7 @@ def ingest(config: IngestConfig) -> IngestResult:
             )
             if seen.any():
                 ii = acc_idx[seen]
-                sub = candidates.select(["event_id", *CONTENT_COLUMNS]).take(pa.array(ii))
+                sub = take_rows(candidates.select(["event_id", *CONTENT_COLUMNS]), ii)
                 prev_sub = previous.filter(pc.is_in(previous.column("event_id"), sub.column("event_id")))
                 prev_keys = pa.table(
                     {"event_id": prev_sub.column("event_id"), "prev_key": _content_key(prev_sub)}
@@ -302,7 +300,7 @@ def ingest(config: IngestConfig) -> IngestResult:
     q_idx = np.flatnonzero(state >= CONFLICT)
     q_idx = q_idx[state[q_idx] != INVALID]
     if len(q_idx):
-        rows = candidates.take(pa.array(q_idx)).to_pylist()
+        rows = take_rows(candidates, q_idx).to_pylist()
         for i, row in zip(q_idx, rows, strict=True):
             st = state[i]
             where = f"line/row {row['_row']}"

@@ -53,6 +53,32 @@ class CheckedBatch:
     created_at: pa.Array
 
 
+def take_rows(
+    data: pa.Table | pa.ChunkedArray | pa.Array, idx: np.ndarray
+) -> pa.Table | pa.ChunkedArray | pa.Array:
+    """Rows ``idx`` (sorted) of a table or array, taken chunk by chunk.
+
+    Arrow's take on a chunked input concatenates every chunk first (a copy of the whole column); for the
+    few rows that are quarantined or compared this is most of the cost, so each chunk is taken alone.
+    """
+    if isinstance(data, pa.Array):
+        return data.take(pa.array(idx, pa.int64()))
+    if isinstance(data, pa.Table):
+        return pa.table(
+            {name: take_rows(data.column(name), idx) for name in data.column_names}, schema=data.schema
+        )
+    lengths = [len(c) for c in data.chunks]
+    if len(lengths) <= 1:
+        return data.take(pa.array(idx, pa.int64()))
+    offsets = np.cumsum([0, *lengths])
+    which = np.searchsorted(offsets, idx, side="right") - 1
+    parts = []
+    for k in np.unique(which).tolist():
+        local = idx[which == k] - offsets[k]
+        parts.append(data.chunk(k).take(pa.array(local, pa.int64())))
+    return pa.chunked_array(parts, data.type)
+
+
 def normalise_roots(roots: list[str]) -> list[str]:
     """Allowed roots as absolute local paths / gs:// prefixes, each ending in '/'."""
     out = []
@@ -138,18 +164,23 @@ def parse_timestamps(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
     out: list[pa.Array] = []
     bad = np.zeros(n, dtype=bool)
     values = np.zeros(n, dtype="datetime64[us]")
+    all_aware = not (present & ~has_tz).any()
     for mask, aware in ((present & has_tz, True), (present & ~has_tz, False)):
         idx = np.flatnonzero(mask)
         if not len(idx):
             continue
-        sub = text if len(idx) == n else text.take(pa.array(idx))
+        # when every present value has an offset, one cast over the column (nulls stay null) does it all
+        whole = aware and all_aware
+        sub = text if whole else text.take(pa.array(idx))
         try:
             if aware:
                 cast = pc.cast(sub, TIMESTAMP)
             else:
                 cast = pc.assume_timezone(pc.cast(sub, pa.timestamp("us")), "UTC")
-            values[idx] = pc.cast(cast, pa.timestamp("us")).to_numpy(zero_copy_only=False)
+            converted = pc.cast(cast, pa.timestamp("us")).to_numpy(zero_copy_only=False)
+            values[idx] = converted[idx] if whole else converted
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            sub = text.take(pa.array(idx))
             for i, s in zip(idx, sub.to_pylist(), strict=True):
                 try:
                     dt = datetime.fromisoformat(s)
@@ -200,15 +231,17 @@ def check_batch(table: pa.Table, base_dir: str, roots: list[str], max_prompt_cha
     mark(pc.and_kleene(pc.is_in(feedback, pa.array(PAIRWISE_KINDS)), no_other), "missing_other_image")
     created, bad_time = parse_timestamps(table.column("created_at").combine_chunks())
     mark(bad_time, "invalid_timestamp")
-    image = resolve_uris(table.column("image_uri").combine_chunks(), base_dir)
-    other_resolved = resolve_uris(other.combine_chunks(), base_dir)
-    mark(_uri_bad(table.column("image_uri").combine_chunks(), image, roots), "uri_not_allowed")
-    mark(_uri_bad(other.combine_chunks(), other_resolved, roots), "uri_not_allowed")
+    image_raw = table.column("image_uri").combine_chunks()
+    other_raw = other.combine_chunks()
+    image = resolve_uris(image_raw, base_dir)
+    other_resolved = resolve_uris(other_raw, base_dir)
+    mark(_uri_bad(image_raw, image, roots), "uri_not_allowed")
+    mark(_uri_bad(other_raw, other_resolved, roots), "uri_not_allowed")
 
     messages: dict[int, str] = {}
-    bad_idx = np.flatnonzero(reasons != "")
+    bad_idx = np.flatnonzero(~unset)
     if len(bad_idx):
-        rows = table.take(pa.array(bad_idx)).to_pylist()
+        rows = take_rows(table, bad_idx).to_pylist()
         img = image.take(pa.array(bad_idx)).to_pylist()
         oth = other_resolved.take(pa.array(bad_idx)).to_pylist()
         for i, row, ri, ro in zip(bad_idx, rows, img, oth, strict=True):
