@@ -498,9 +498,11 @@ class MlflowRegistry:
                 age,
                 stale_name,
             )
-        except Exception as err:
-            # Someone else broke it first (the stale name exists) or it was released: both fine.
-            if not (_is_already_exists(err) or _is_not_found(err)):
+        except Exception:
+            # Another run broke it first: the stale name exists, the row is gone, or (a concurrent rename)
+            # the store's UPDATE matched no row. All fine, as long as the stale lock is no longer the lock.
+            now_held = self._lock_holder(lock_name)
+            if now_held is not None and now_held.get("owner") == holder.get("owner"):
                 raise
 
     def _release(self, lease: Lease) -> None:

@@ -59,7 +59,7 @@ class RegistryConfig(StepConfig):
     @model_validator(mode="after")
     def _check_registry_uri(self) -> RegistryConfig:
         uri = self.registry_uri
-        if not (uri.startswith(("sqlite:///", "http://", "https://")) or uri == "databricks"):
+        if not uri.startswith(("sqlite:///", "http://", "https://")):
             raise ValueError(
                 f"registry_uri={uri!r}: use 'sqlite:///path/to/mlflow.db' (embedded) or an MLflow server "
                 "URL 'http(s)://host:port'"

@@ -23,7 +23,12 @@ from components.shared import storage
 
 
 def test_lock_is_mutually_exclusive(registry_uri: str, model_name: str) -> None:
-    """Three threads with their own clients: never two inside the critical section at once."""
+    """Three threads with their own clients: never two inside the critical section at once, even when
+    they all start by breaking the same abandoned lock."""
+    open_registry(registry_uri).client.create_registered_model(
+        model_name + LOCK_SUFFIX,
+        tags={"owner": "crashed-run", "acquired_at": f"{time.time() - 3600:.3f}", "ttl_s": "60"},
+    )
     inside, max_inside, entries = 0, 0, 0
     guard = threading.Lock()
     errors: list[BaseException] = []
