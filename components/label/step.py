@@ -164,6 +164,8 @@ class LabelResult(BaseModel):
 
 def run(config: LabelConfig) -> LabelResult:
     """Label the events; see the module docstring."""
+    from components.ingest.arrow_pool import step_memory_pool
     from components.label.pipeline import label
 
-    return label(config)
+    with step_memory_pool():
+        return label(config)
