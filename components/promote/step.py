@@ -64,13 +64,10 @@ class RegistryConfig(StepConfig):
                 f"registry_uri={uri!r}: use 'sqlite:///path/to/mlflow.db' (embedded) or an MLflow server "
                 "URL 'http(s)://host:port'"
             )
-        if (
-            not self.model_name.strip()
-            or "/" in self.model_name
-            or self.model_name.endswith(".promotion-lock")
-        ):
+        name = self.model_name
+        if not name.strip() or any(ch in name for ch in "/'\"") or ".promotion-lock" in name:
             raise ValueError(
-                f"model_name={self.model_name!r}: a non-empty name without '/' that does not end in "
+                f"model_name={name!r}: a non-empty name without '/' or quotes that does not contain "
                 "'.promotion-lock' (reserved for the promotion lock)"
             )
         return self
