@@ -103,7 +103,7 @@ class IngestResult(BaseModel):
 
 def run(config: IngestConfig) -> IngestResult:
     """Ingest the configured sources; see the module docstring."""
-    from components.ingest.arrow_pool import step_memory_pool
+    from components.shared.arrow_pool import step_memory_pool
     from components.ingest.pipeline import ingest
 
     with step_memory_pool():

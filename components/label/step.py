@@ -164,7 +164,7 @@ class LabelResult(BaseModel):
 
 def run(config: LabelConfig) -> LabelResult:
     """Label the events; see the module docstring."""
-    from components.ingest.arrow_pool import step_memory_pool
+    from components.shared.arrow_pool import step_memory_pool
     from components.label.pipeline import label
 
     with step_memory_pool():
