@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -380,9 +381,14 @@ class MlflowRegistry:
             storage.upload_dir(local, dest, chunk_size=chunk_size, manifest=manifest)
             storage.write_json(storage.join(dest, MANIFEST_FILE), manifest)
             return dest
-        # An MLflow server that proxies artifacts (mlflow-artifacts:/): upload through it, then check
-        # that every file arrived with its size (the server does not expose checksums).
-        self.client.log_artifacts(run_id, str(local), MODEL_SUBDIR)
+        # An MLflow server that proxies artifacts (mlflow-artifacts:/) exposes no checksums. So upload a
+        # private snapshot that was itself verified against the manifest (a file changing under us fails
+        # here, as it does on GCS), then check every file arrived with its size.
+        with tempfile.TemporaryDirectory(prefix="dkto-register-") as tmp:
+            snapshot = Path(tmp) / MODEL_SUBDIR
+            storage.upload_dir(local, str(snapshot), manifest=manifest)
+            storage.write_json(str(snapshot / MANIFEST_FILE), manifest)
+            self.client.log_artifacts(run_id, str(snapshot), MODEL_SUBDIR)
         arrived = self._artifact_sizes(run_id, MODEL_SUBDIR)
         for rel, expected in manifest.items():
             got = arrived.get(f"{MODEL_SUBDIR}/{rel}")

@@ -93,12 +93,11 @@ def _model_with_big_file(path: Path) -> Path:
     return path
 
 
-def test_upload_that_fails_half_way_registers_nothing(
-    registry_uri: str, model_name: str, gcs_bucket: str, tmp_path: Path, make_decision
-) -> None:
-    """The weights change while they upload (a trainer still writing them): no version, a clear error."""
+def _register_while_weights_change(
+    registry_uri: str, model_name: str, artifact_root: str | None, tmp_path: Path, decision: str
+) -> str:
+    """Register a model whose weights keep changing during the upload; returns the error message."""
     model = _model_with_big_file(tmp_path / "m")
-    artifact_root = storage.join(gcs_bucket, "registry")
     weights = model / "b_weights.bin"
     stop = threading.Event()
 
@@ -122,7 +121,7 @@ def test_upload_that_fails_half_way_registers_nothing(
                     artifact_root=artifact_root,
                     model_name=model_name,
                     candidate_model=str(model),
-                    decision=make_decision(tmp_path / "d.json", passed=True, baseline_version=None),
+                    decision=decision,
                     upload_chunk_size_mib=1,
                 )
             )
@@ -135,7 +134,26 @@ def test_upload_that_fails_half_way_registers_nothing(
     assert registry.list_versions(model_name) == []
     run_id = message.split("(run ")[1].split(" ")[0]
     assert registry.client.get_run(run_id).info.status == "FAILED"
+    return message
+
+
+def test_upload_that_fails_half_way_registers_nothing(
+    registry_uri: str, model_name: str, gcs_bucket: str, tmp_path: Path, make_decision
+) -> None:
+    """The weights change while they upload to GCS (a trainer still writing them): no version, a clear error."""
+    artifact_root = storage.join(gcs_bucket, "registry")
+    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
+    _register_while_weights_change(registry_uri, model_name, artifact_root, tmp_path, decision)
     assert not any("model/" in u for u in storage.list_files(artifact_root)), "partial files left behind"
+
+
+def test_changing_files_through_the_servers_artifact_proxy_register_nothing(
+    mlflow_server: str, model_name: str, tmp_path: Path, make_decision
+) -> None:
+    """The proxy has no checksums: the verified snapshot taken before sending catches the change."""
+    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
+    message = _register_while_weights_change(mlflow_server, model_name, None, tmp_path, decision)
+    assert "mlflow-artifacts:" in message
 
 
 def test_registration_on_gcs_and_resolve_production(
