@@ -11,12 +11,23 @@ Two steps run side by side in the same process, on the same model and batch size
   stored copy in host memory, as its ``reference_model.store/copy_to`` does), then the same loss and AdamW.
   Images are given to it already decoded and resized, which flatters the naive step.
 
-Default: the tiny SD model of the tests, on CPU, built through the trainer's real loading and cache code.
+Default (CPU): ``--proportional``, a small model whose parts have SD v1.5's cost proportions: a UNet with
+SD v1.5's layout at 1/8 of its channel widths, a VAE with 8x downsampling over 4 levels at 1/8 of SD v1.5's
+VAE widths (the same VAE:UNet width ratio), and a text encoder cut down until its share of the FLOPs is
+SD v1.5's (~2% of a UNet forward), at 64 px; built from config, saved, and run through the trainer's real
+loading and cache code. The script prints the measured FLOPs per sample of each part (torch's
+FlopCounterMode, on the meta device) for this config and for SD v1.5 at 512 px, so the proportions can be
+compared. ``--tiny``: the tests' tiny SD (2-level VAE, 32 px), where the VAE and text encoder are almost free.
+The naive step's reference-weight swap is a host-memory copy on CPU; its PCIe cost on a GPU is not
+simulated, only the bytes it moves per step are printed for SD v1.5.
 ``--sd15``: an SD v1.5-sized UNet (and VAE and CLIP text encoder for the naive step) built from config
 with random weights, for a GPU: prints samples/s, achieved TFLOP/s (3.2 TFLOP per sample at 512 px: policy
 forward+backward 2.41 + reference forward 0.80, torch's FlopCounterMode) and peak memory.
 
-    .venv/bin/python tests/benchmarks/bench_train.py                       # tiny, CPU
+    .venv/bin/python tests/benchmarks/bench_train.py --threads 1            # proportional, CPU
+    .venv/bin/python tests/benchmarks/bench_train.py --tiny --threads 1     # the tests' tiny SD, CPU
+    .venv/bin/python tests/benchmarks/bench_train.py --flops-only           # FLOP table only
+    .venv/bin/python tests/benchmarks/bench_train.py --profile              # torch.profiler of one step
     python tests/benchmarks/bench_train.py --sd15 --batch-size 16 --dtype bf16 --steps 20 [--compile]
 """
 
@@ -66,6 +77,27 @@ SD15_VAE = dict(
     layers_per_block=2,
     latent_channels=4,
     sample_size=512,
+)
+SD15_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+)
+# SD v1.5's layout at 1/8 of its widths: UNet (320..1280)/8, VAE (128..512)/8 (the VAE:UNet width ratio of
+# SD v1.5, 0.4), 8x VAE downsampling over 4 levels; a 2-layer 32-wide text encoder, whose FLOPs are ~2% of
+# a UNet forward as SD v1.5's CLIP-L is (13 of 803 GFLOP). Run at 64 px (8x8 latents).
+PROPORTIONAL_UNET = dict(
+    SD15_UNET, block_out_channels=(40, 80, 160, 160), cross_attention_dim=32, norm_num_groups=8
+)
+PROPORTIONAL_VAE = dict(SD15_VAE, block_out_channels=(16, 32, 64, 64), norm_num_groups=8)
+PROPORTIONAL_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    max_position_embeddings=77,
 )
 TFLOP_PER_SAMPLE_512 = 3.2
 
@@ -224,8 +256,114 @@ def write_images_and_manifest(folder: Path, n_prompts: int, per_class: int, reso
     return manifest
 
 
+def flops_per_sample(
+    unet_kwargs: dict[str, Any], vae_kwargs: dict[str, Any], text_kwargs: dict[str, Any], resolution: int
+) -> dict[str, float]:
+    """GFLOP per sample of each part (batch 1), counted by torch's FlopCounterMode on the meta device.
+
+    Meta tensors carry shapes but no data, so SD v1.5 is counted in seconds without allocating it.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    def count(fn: Callable[[], Any]) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
+    latent = resolution // 8 if len(vae_kwargs["block_out_channels"]) == 4 else resolution // 2
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**{**unet_kwargs, "sample_size": latent})
+        vae = AutoencoderKL(**{**vae_kwargs, "sample_size": resolution})
+        text = CLIPTextModel(
+            CLIPTextConfig(vocab_size=1000, bos_token_id=0, eos_token_id=1, pad_token_id=1, **text_kwargs)
+        )
+        x_t = torch.randn(1, 4, latent, latent)
+        t = torch.tensor([500])
+        cond = torch.randn(1, 77, unet_kwargs["cross_attention_dim"])
+        pixels = torch.randn(1, 3, resolution, resolution)
+        ids = torch.zeros(1, 77, dtype=torch.long)
+    return {
+        "unet_forward": count(lambda: unet(x_t, t, cond).sample),
+        "unet_forward_backward": count(lambda: unet(x_t, t, cond).sample.sum().backward()),
+        "vae_encode": count(lambda: vae.encode(pixels).latent_dist.mean),
+        "text_encode": count(lambda: text(ids)[0]),
+    }
+
+
+def print_flop_table(configs: dict[str, tuple[dict, dict, dict, int]]) -> dict[str, dict[str, float]]:
+    """Print GFLOP per sample of each part and its ratio to one UNet forward, for every named config."""
+    table = {name: flops_per_sample(*parts) for name, parts in configs.items()}
+    print("GFLOP per sample (FlopCounterMode) and ratio to one UNet forward:", flush=True)
+    for name, f in table.items():
+        unet = f["unet_forward"]
+        naive_extra = f["vae_encode"] + f["text_encode"]
+        kto_step = f["unet_forward_backward"] + unet  # policy fwd+bwd, reference fwd
+        print(
+            f"  {name:>28}: UNet fwd {unet:.4g}, UNet fwd+bwd {f['unet_forward_backward']:.4g}, "
+            f"VAE encode {f['vae_encode']:.4g} ({f['vae_encode'] / unet:.2f}x), "
+            f"text encode {f['text_encode']:.4g} ({f['text_encode'] / unet:.3f}x); "
+            f"KTO step {kto_step:.4g}, naive adds {naive_extra:.4g} (+{100 * naive_extra / kto_step:.0f}%)",
+            flush=True,
+        )
+    return table
+
+
+def swap_bytes_per_step(unet_kwargs: dict[str, Any], element_bytes: int) -> int:
+    """Bytes the naive step moves between host and device per step for its reference forward.
+
+    Three copies of the UNet's weights: the policy out to the host, the reference in, the policy back in.
+    """
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_kwargs)
+    n = sum(p.numel() for p in unet.parameters())
+    return 3 * n * element_bytes
+
+
+def build_proportional_sd(path: Path, resolution: int) -> Path:
+    """Save an SD v1.x-layout pipeline with SD v1.5's cost proportions (see the module docstring)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from components.shared.tiny_models import write_tokenizer
+
+    torch.manual_seed(0)
+    tok_dir = write_tokenizer(path.parent / "proportional-tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, **PROPORTIONAL_TEXT
+        )
+    )
+    vae = AutoencoderKL(**{**PROPORTIONAL_VAE, "sample_size": resolution})
+    unet = UNet2DConditionModel(**{**PROPORTIONAL_UNET, "sample_size": resolution // 8})
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def bench_tiny(args: argparse.Namespace) -> dict[str, Any]:
-    """Tiny SD on CPU through the trainer's real loading, cache and step code, vs the naive step."""
+    """A small SD (proportional or the tests' tiny one) through the trainer's real loading, cache and step
+    code, vs the naive step."""
     from accelerate import Accelerator
 
     from components.shared.tiny_models import build_tiny_sd
@@ -235,7 +373,10 @@ def bench_tiny(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    model_dir = build_tiny_sd(work / "tiny-sd", resolution=args.resolution)
+    if args.tiny:
+        model_dir = build_tiny_sd(work / "tiny-sd", resolution=args.resolution)
+    else:
+        model_dir = build_proportional_sd(work / "proportional-sd", args.resolution)
     manifest = write_images_and_manifest(work / "data", n_prompts=4, per_class=4, resolution=args.resolution)
     config = TrainConfig(
         pretrained_model=str(model_dir),
@@ -271,6 +412,9 @@ def bench_tiny(args: argparse.Namespace) -> dict[str, Any]:
         workers=0,
     ).to(accelerator.device)
     fast = optimized_step(config, models, encoded, data, accelerator)
+    if args.profile:
+        profile_step(fast, args.warmup)
+        return {}
 
     encoders = load_encoders(models.model_dir, accelerator.device, torch.float32)
     naive_unet = load_unet(models.model_dir, torch.float32).to(accelerator.device)
@@ -292,6 +436,18 @@ def bench_tiny(args: argparse.Namespace) -> dict[str, Any]:
         device=accelerator.device,
     )
     return run_pair(args, fast, slow, accelerator.device, tflop_per_sample=None)
+
+
+def profile_step(step: Callable[[int], None], warmup: int) -> None:
+    """torch.profiler of one optimized step after ``warmup`` untimed ones: the top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for i in range(max(warmup, 1)):
+        step(i)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        step(max(warmup, 1))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ SD 1.5
@@ -425,7 +581,7 @@ def run_pair(
 ) -> dict[str, Any]:
     """Time both steps and print one line each, plus the ratio."""
     result: dict[str, Any] = {
-        "model": "sd15" if args.sd15 else "tiny-sd",
+        "model": "sd15" if args.sd15 else ("tiny-sd" if args.tiny else "proportional-sd"),
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu x{torch.get_num_threads()}",
@@ -468,6 +624,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd15", action="store_true", help="SD v1.5-sized UNet from config (for a GPU)")
+    parser.add_argument(
+        "--proportional",
+        action="store_true",
+        help="small model with SD v1.5's VAE/text/UNet cost proportions, 64 px (the CPU default)",
+    )
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny SD (2-level VAE, 32 px)")
+    parser.add_argument("--flops-only", action="store_true", help="print the FLOP table and stop")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler of one optimized step")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (tiny: 4, sd15: 16)")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (tiny: 32, sd15: 512)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="tiny: fp32, sd15: bf16")
@@ -486,8 +650,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     sd15 = args.sd15
+    if sum([sd15, args.proportional, args.tiny]) > 1:
+        parser.error("pick one of --sd15, --proportional, --tiny")
     args.batch_size = args.batch_size or (16 if sd15 else 4)
-    args.resolution = args.resolution or (512 if sd15 else 32)
+    args.resolution = args.resolution or (512 if sd15 else 32 if args.tiny else 64)
     args.dtype = args.dtype or ("bf16" if sd15 else "fp32")
     args.steps = args.steps or 10
     args.warmup = args.warmup if args.warmup is not None else (3 if sd15 else 2)
@@ -502,7 +668,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return bench_sd15(args) if args.sd15 else bench_tiny(args)
+    text_tiny = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)
+    tiny_unet = dict(
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    tiny_vae = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    table = print_flop_table(
+        {
+            "SD v1.5 at 512 px": (SD15_UNET, SD15_VAE, SD15_TEXT, 512),
+            f"proportional at {64 if args.tiny or args.sd15 else args.resolution} px": (
+                PROPORTIONAL_UNET,
+                PROPORTIONAL_VAE,
+                PROPORTIONAL_TEXT,
+                64 if args.tiny or args.sd15 else args.resolution,
+            ),
+            "tests' tiny SD at 32 px": (
+                tiny_unet,
+                tiny_vae,
+                {**text_tiny, "max_position_embeddings": 77},
+                32,
+            ),
+        }
+    )
+    swap = swap_bytes_per_step(SD15_UNET, 4)
+    print(
+        f"naive step on a GPU with SD v1.5: {swap / 1e9:.1f} GB of fp32 UNet weights cross PCIe per step "
+        f"(policy out, reference in, policy back in), {swap / 25e9:.2f} s at 25 GB/s (PCIe 4.0 x16 in "
+        f"practice); not simulated on CPU",
+        flush=True,
+    )
+    if args.flops_only:
+        return {"flops_gflop_per_sample": table, "sd15_swap_bytes_per_step": swap}
+    result = bench_sd15(args) if args.sd15 else bench_tiny(args)
+    result["flops_gflop_per_sample"] = table
+    result["sd15_swap_bytes_per_step"] = swap
+    return result
 
 
 if __name__ == "__main__":
