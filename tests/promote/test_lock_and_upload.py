@@ -223,3 +223,23 @@ def test_concurrent_promotions_in_separate_processes(
     assert outcomes == ["conflict", "promoted"]
     winner = versions[[("OUTCOME promoted" in o[0]) for o in outs].index(True)]
     assert open_registry(embedded_registry_uri).aliases(model_name)[PRODUCTION] == winner
+
+
+def test_compare_and_set_alias(registry_uri: str, model_name: str, tmp_path: Path, make_model) -> None:
+    """The contract's primitive: the alias moves only from the expected version (None = unset)."""
+    versions = [
+        register_candidate(
+            RegisterConfig(
+                registry_uri=registry_uri,
+                model_name=model_name,
+                candidate_model=str(make_model(tmp_path / f"m{s}", seed=s)),
+            )
+        ).version
+        for s in (1, 2)
+    ]
+    registry = open_registry(registry_uri)
+    assert not registry.compare_and_set_alias(model_name, "staging", versions[0], versions[1])
+    assert registry.compare_and_set_alias(model_name, "staging", None, versions[0])
+    assert not registry.compare_and_set_alias(model_name, "staging", None, versions[1])
+    assert registry.compare_and_set_alias(model_name, "staging", versions[0], versions[1])
+    assert registry.aliases(model_name)["staging"] == versions[1]
