@@ -284,6 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-lr", type=float, default=1.5e-3)
     p.add_argument("--eval-images", type=int, default=240, help="held-out images for the like-rate check")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue from a model this script saved (keeps its VAE and latent scale; trains the UNet more)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.monotonic()
@@ -291,13 +297,23 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - start:7.1f}s] {msg}", flush=True)
 
-    pipe = build_pipeline(seed=args.seed)
     prompts, images, n_follow = noisy_dataset(args.n_images, args.colour_follows_prompt, args.seed)
     log(f"dataset: {len(prompts)} images, {n_follow} show the prompt's colour")
-    vae_mse = train_vae(pipe.vae, images, args.vae_steps, args.vae_batch_size, args.vae_lr, args.seed, log)
-    latents = encode_latents(pipe.vae, images)
-    scaling = float(1.0 / latents.std())
-    pipe.vae.register_to_config(scaling_factor=scaling)
+    previous: dict = {}
+    if args.init_from is not None:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(args.init_from)
+        previous = json.loads((args.init_from / "pretrain_card.json").read_text())
+        vae_mse = float(previous["vae_reconstruction_mse"])
+        latents = encode_latents(pipe.vae, images)
+        scaling = float(pipe.vae.config.scaling_factor)
+    else:
+        pipe = build_pipeline(seed=args.seed)
+        vae_mse = train_vae(pipe.vae, images, args.vae_steps, args.vae_batch_size, args.vae_lr, args.seed, log)
+        latents = encode_latents(pipe.vae, images)
+        scaling = float(1.0 / latents.std())
+        pipe.vae.register_to_config(scaling_factor=scaling)
     log(f"latent std {latents.std():.3f} -> scaling_factor {scaling:.4f}")
     unet_loss = train_unet(
         pipe, prompts, latents, args.unet_steps, args.batch_size, args.unet_lr, args.seed, log
@@ -314,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"like-rate held-out {held_like:.3f}, training prompts {train_like:.3f}")
 
     out = args.output
-    if out.exists():
+    if out.exists() and out != args.init_from:
         shutil.rmtree(out)
     pipe.save_pretrained(out, safe_serialization=True)
     grid_prompts = [held[i % len(held)].prompt for i in range(48)]
@@ -333,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         "eval_images": args.eval_images,
         "sample_grid_prompts": grid_prompts[:12],
         "seconds": round(time.monotonic() - start, 1),
+        "continued_from": previous or None,
         "torch_version": torch.__version__,
     }
     (out / "pretrain_card.json").write_text(json.dumps(card, indent=2) + "\n")
