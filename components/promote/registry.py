@@ -474,6 +474,10 @@ class MlflowRegistry:
                 if not (_is_already_exists(err) or _is_busy(err)):
                     raise
             holder = self._lock_holder(lock_name)
+            if holder is not None and holder.get("owner") == token:
+                # Our create committed but its answer was lost; MLflow's HTTP client retries POSTs on
+                # 5xx, and the retry saw our own lock. It is ours.
+                break
             if holder is not None:
                 age = now - float(holder.get("acquired_at", now))
                 if age > float(holder.get("ttl_s", ttl_s)):
@@ -518,7 +522,13 @@ class MlflowRegistry:
             return
         # Nobody can take a lock that exists, so between the owner check and the delete only a breaker could
         # act, and only if we overran the TTL at this very moment (TTL is minutes, this gap milliseconds).
-        self._retry(self.client.delete_registered_model, lease.lock_name)
+        try:
+            self._retry(self.client.delete_registered_model, lease.lock_name)
+        except Exception as err:
+            # A retried DELETE whose first attempt committed (the client retries on 5xx) finds nothing:
+            # the lock is gone, which is what releasing wanted.
+            if not _is_not_found(err):
+                raise
 
     # ------------------------------------------------------------ compare-and-set
 
