@@ -103,8 +103,8 @@ class IngestResult(BaseModel):
 
 def run(config: IngestConfig) -> IngestResult:
     """Ingest the configured sources; see the module docstring."""
-    from components.shared.arrow_pool import step_memory_pool
     from components.ingest.pipeline import ingest
+    from components.shared.arrow_pool import step_memory_pool
 
     with step_memory_pool():
         return ingest(config)

@@ -164,8 +164,8 @@ class LabelResult(BaseModel):
 
 def run(config: LabelConfig) -> LabelResult:
     """Label the events; see the module docstring."""
-    from components.shared.arrow_pool import step_memory_pool
     from components.label.pipeline import label
+    from components.shared.arrow_pool import step_memory_pool
 
     with step_memory_pool():
         return label(config)
