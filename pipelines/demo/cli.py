@@ -137,7 +137,9 @@ def format_summary(result: dict[str, Any]) -> str:
     for name in ("ingest", "label", "train"):
         if name in steps:
             figures = {
-                k: v for k, v in steps[name].items() if k not in ("step", "model", "recorded_at") and not isinstance(v, dict)
+                k: v
+                for k, v in steps[name].items()
+                if k not in ("step", "model", "recorded_at") and not isinstance(v, dict)
             }
             lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in list(figures.items())[:8]))
     decision = result.get("decision")

@@ -310,7 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         scaling = float(pipe.vae.config.scaling_factor)
     else:
         pipe = build_pipeline(seed=args.seed)
-        vae_mse = train_vae(pipe.vae, images, args.vae_steps, args.vae_batch_size, args.vae_lr, args.seed, log)
+        vae_mse = train_vae(
+            pipe.vae, images, args.vae_steps, args.vae_batch_size, args.vae_lr, args.seed, log
+        )
         latents = encode_latents(pipe.vae, images)
         scaling = float(1.0 / latents.std())
         pipe.vae.register_to_config(scaling_factor=scaling)

@@ -35,7 +35,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--feedback", type=int, default=512, help="images voted on (training prompts)")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps of every objective")
+    p.add_argument("--steps", type=int, default=400, help="optimizer steps of every objective")
     p.add_argument(
         "--images-per-step", type=int, default=16, help="images per step (DPO: half as many pairs)"
     )
