@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint typecheck test test-fast demo bench clean system-deps
+.PHONY: install lint test test-fast demo bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,7 @@ bench: install
 	$(PY) tests/benchmarks/bench_train.py
 	$(PY) tests/benchmarks/bench_ingest.py
 	$(PY) tests/benchmarks/bench_eval.py
+	$(PY) tests/benchmarks/bench_alignment.py
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache .mypy_cache
