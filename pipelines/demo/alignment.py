@@ -24,9 +24,19 @@ class ObjectiveSettings(BaseModel):
     """Training settings of one objective in the benchmark (TrainConfig fields)."""
 
     objective: str = Field(description="kto, sft or dpo.")
+    name: str = Field(default="", description="Row name in the results (default: the objective).")
     beta: float = Field(default=500.0, description="β of KTO / DPO (unused by SFT).")
     learning_rate: float = Field(default=1e-4, description="Peak learning rate.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig fields.")
+    label_class_weights: bool = Field(
+        default=True,
+        description="Pass the label step's λ_D/λ_U to the trainer (as the pipeline does); False: 1 and 1.",
+    )
+
+    @property
+    def label(self) -> str:
+        """The name of this arm in tables and work directories."""
+        return self.name or self.objective
 
 
 class ModelScore(BaseModel):
@@ -40,6 +50,10 @@ class ModelScore(BaseModel):
     ci_high: float
     train_seconds: float = 0.0
     images_seen: int = 0
+    train_figures: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Trainer figures at the last logged step (loss, reward margin, accuracy, z).",
+    )
 
 
 def held_out_like_rate(model: str, n_images: int, seed: int, steps: int = 20) -> tuple[int, int]:
@@ -106,8 +120,8 @@ def fine_tune(
     seed: int,
     class_weights: tuple[float, float] = (1.0, 1.0),
     base_model: str = str(BASE_MODEL),
-) -> tuple[str, float, int]:
-    """Train one objective; returns (model dir, seconds, images seen).
+) -> tuple[str, float, int, dict[str, Any]]:
+    """Train one objective; returns (model dir, seconds, images seen, last logged trainer figures).
 
     DPO's batch counts pairs, so it gets half as many pairs per step: every objective sees the same
     number of images.
@@ -116,12 +130,12 @@ def fine_tune(
     from components.train.step import run as train
 
     batch = images_per_step // 2 if settings.objective == "dpo" else images_per_step
-    out = workdir / f"model-{settings.objective}"
+    out = workdir / f"model-{settings.label}"
     fields: dict[str, Any] = {
         "pretrained_model": base_model,
         "train_data": train_data,
         "output_dir": str(out),
-        "checkpoint_dir": str(workdir / f"ckpt-{settings.objective}"),
+        "checkpoint_dir": str(workdir / f"ckpt-{settings.label}"),
         "cache_dir": str(workdir / "train-cache"),
         "objective": settings.objective,
         "beta": settings.beta,
@@ -143,9 +157,10 @@ def fine_tune(
         **settings.extra,
     }
     started = time.monotonic()
-    train(TrainConfig.model_validate(fields))
+    result = train(TrainConfig.model_validate(fields))
     images_seen = max_steps * batch * (2 if settings.objective == "dpo" else 1)
-    return str(out), time.monotonic() - started, images_seen
+    figures = result.model_dump(include={"final_loss", "reward_margin", "reward_accuracy", "reference_point"})
+    return str(out), time.monotonic() - started, images_seen, figures
 
 
 def run_benchmark(
@@ -160,23 +175,92 @@ def run_benchmark(
     flip_probability: float = 0.0,
     base_model: str = str(BASE_MODEL),
     inference_steps: int = 20,
+    max_images_per_prompt: int | None = None,
 ) -> dict[str, Any]:
-    """Base model plus each objective, scored on the same held-out prompts and seeds."""
+    """Base model plus each objective, scored on the same held-out prompts and seeds.
+
+    ``max_images_per_prompt``: keep only the first K voted images of each training prompt (1: one vote
+    per prompt, so DPO has no pairs at all, the unpaired setting KTO was designed for); objectives
+    that cannot train on what is left (DPO without pairs) are reported as skipped.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_feedback(workdir, n_feedback, seed, flip_probability, base_model)
+    if max_images_per_prompt is not None:
+        prepared.update(thin_feedback(prepared["train_data"], max_images_per_prompt))
     eval_seed = 10_000 + seed
     scores = [score("base", *held_out_like_rate(base_model, eval_images, eval_seed, inference_steps))]
+    label_weights = prepared.get(
+        "class_weights", (prepared["label"].desirable_weight, prepared["label"].undesirable_weight)
+    )
+    skipped: dict[str, str] = {}
     for settings in objectives:
-        model, seconds, seen = fine_tune(
+        if settings.objective == "dpo" and prepared.get("n_pairs", 1) == 0:
+            skipped[settings.label] = "no (liked, disliked) pair of the same prompt in the feedback"
+            continue
+        model, seconds, seen, figures = fine_tune(
             workdir,
             prepared["train_data"],
             settings,
             max_steps=max_steps,
             images_per_step=images_per_step,
             seed=seed,
-            class_weights=(prepared["label"].desirable_weight, prepared["label"].undesirable_weight),
+            class_weights=label_weights if settings.label_class_weights else (1.0, 1.0),
             base_model=base_model,
         )
         likes, n = held_out_like_rate(model, eval_images, eval_seed, inference_steps)
-        scores.append(score(settings.objective, likes, n, train_seconds=round(seconds, 1), images_seen=seen))
-    return {"feedback": prepared["feedback"], "label": prepared["label"], "scores": scores}
+        scores.append(
+            score(
+                settings.label,
+                likes,
+                n,
+                train_seconds=round(seconds, 1),
+                images_seen=seen,
+                train_figures=figures,
+            )
+        )
+    return {
+        "feedback": prepared["feedback"],
+        "label": prepared["label"],
+        "scores": scores,
+        "skipped": skipped,
+        "train_counts": prepared.get("train_counts"),
+        "class_weights": label_weights,
+        "n_pairs": prepared.get("n_pairs"),
+    }
+
+
+def thin_feedback(train_data: str, max_images_per_prompt: int) -> dict[str, Any]:
+    """Write train-first<K>.parquet beside ``train_data`` with the first K rows of each prompt.
+
+    Returns the new path, its liked/disliked counts, the number of DPO pairs left and the class weights the
+    label step's rule (λ_D·n_D / λ_U·n_U in [1, 4/3]) gives for the thinned counts.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.label.policies import class_weights
+
+    if max_images_per_prompt < 1:
+        raise ValueError(f"max_images_per_prompt must be >= 1, got {max_images_per_prompt}")
+    rows = pq.read_table(train_data).to_pylist()
+    seen: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        if seen.get(row["prompt"], 0) < max_images_per_prompt:
+            seen[row["prompt"]] = seen.get(row["prompt"], 0) + 1
+            kept.append(row)
+    out = str(Path(train_data).with_name(f"train-first{max_images_per_prompt}.parquet"))
+    pq.write_table(pa.Table.from_pylist(kept), out)
+    n_d = sum(1 for r in kept if r["desirable"])
+    n_u = len(kept) - n_d
+    by_prompt: dict[str, list[int]] = {}
+    for r in kept:
+        counts = by_prompt.setdefault(r["prompt"], [0, 0])
+        counts[0 if r["desirable"] else 1] += 1
+    n_pairs = sum(d * u for d, u in by_prompt.values())
+    return {
+        "train_data": out,
+        "train_counts": {"desirable": n_d, "undesirable": n_u, "dropped": len(rows) - len(kept)},
+        "n_pairs": n_pairs,
+        "class_weights": class_weights(n_d, n_u, (1.0, 4 / 3)),
+    }

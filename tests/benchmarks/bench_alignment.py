@@ -29,6 +29,37 @@ def replace_section(text: str, section: str) -> str:
     return (text.rstrip() + "\n\n" if text.strip() else "") + section.rstrip() + "\n"
 
 
+def parse_variant(text: str, args: argparse.Namespace) -> ObjectiveSettings:
+    """``NAME=OBJECTIVE[:FIELD=VALUE,...]`` as ObjectiveSettings; unset β / lr / desirable_ratio follow the
+    command line's (``--beta`` or ``--dpo-beta``, ``--lr``, ``--desirable-ratio`` for kto)."""
+    name, _, rest = text.partition("=")
+    objective, _, fields = rest.partition(":")
+    if not name or objective not in ("kto", "sft", "dpo"):
+        raise SystemExit(f"--variant {text!r}: expected NAME=kto|sft|dpo[:FIELD=VALUE,...]")
+    extra: dict[str, object] = {}
+    for item in filter(None, fields.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not FIELD=VALUE")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    beta = float(extra.pop("beta", args.dpo_beta if objective == "dpo" else args.beta))  # type: ignore[arg-type]
+    lr = float(extra.pop("learning_rate", args.lr))  # type: ignore[arg-type]
+    label_weights = bool(extra.pop("label_weights", True))
+    if objective == "kto":
+        extra.setdefault("desirable_ratio", args.desirable_ratio)
+    return ObjectiveSettings(
+        objective=objective,
+        name=name,
+        beta=beta,
+        learning_rate=lr,
+        extra=extra,
+        label_class_weights=label_weights,
+    )
+
+
 def main() -> None:
     """Run the benchmark and record it."""
     import torch
@@ -49,8 +80,25 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     p.add_argument("--objectives", default="sft,kto,dpo")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OBJECTIVE[:FIELD=VALUE,...]",
+        help="an extra arm trained after --objectives, e.g. 'kto-b100=kto:beta=100,desirable_ratio=0.5'; "
+        "FIELD is a TrainConfig field (beta, learning_rate, desirable_ratio, reference_point, utility, "
+        "desirable_weight, ...) or label_weights=0 to train with λ_D = λ_U = 1 instead of the label step's",
+    )
+    p.add_argument(
+        "--max-images-per-prompt",
+        type=int,
+        default=None,
+        help="keep only the first K votes of each training prompt (1: one image per prompt, no DPO pairs)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--json-out", type=Path, default=None, help="also write every figure as JSON here")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     settings = {
         "sft": ObjectiveSettings(objective="sft", learning_rate=args.lr),
         "kto": ObjectiveSettings(
@@ -61,7 +109,8 @@ def main() -> None:
         ),
         "dpo": ObjectiveSettings(objective="dpo", beta=args.dpo_beta, learning_rate=args.lr),
     }
-    chosen = [settings[name] for name in args.objectives.split(",")]
+    chosen = [settings[name] for name in args.objectives.split(",") if name]
+    chosen += [parse_variant(v, args) for v in args.variant]
     started = time.monotonic()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-alignment-"))
     out = run_benchmark(
@@ -73,6 +122,7 @@ def main() -> None:
         eval_images=args.eval_images,
         seed=args.seed,
         flip_probability=args.flip,
+        max_images_per_prompt=args.max_images_per_prompt,
     )
     seconds = time.monotonic() - started
     fb, lab = out["feedback"], out["label"]
@@ -88,6 +138,30 @@ def main() -> None:
         )
     table = "\n".join(rows)
     print(table)
+    for s in out["scores"][1:]:
+        print(s.name, json.dumps(s.train_figures))
+    for name, why in out["skipped"].items():
+        print(f"{name}: skipped ({why})")
+    if out["train_counts"] is not None:
+        print(
+            f"thinned to {args.max_images_per_prompt} image(s) per prompt: {json.dumps(out['train_counts'])}, "
+            f"{out['n_pairs']} DPO pairs, class weights {out['class_weights']}"
+        )
+    if args.json_out:
+        args.json_out.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "scores": [s.model_dump() for s in out["scores"]],
+                    "skipped": out["skipped"],
+                    "train_counts": out["train_counts"],
+                    "n_pairs": out["n_pairs"],
+                    "class_weights": out["class_weights"],
+                    "seconds": time.monotonic() - started,
+                },
+                indent=2,
+            )
+        )
     setup = (
         f"Feedback: {fb.n_events} base-model images on training prompts ({fb.n_likes} liked, {fb.n_dislikes} "
         f"disliked, {fb.n_flipped} votes flipped); label: train {json.dumps(lab.train)}, class weights "
@@ -99,10 +173,14 @@ def main() -> None:
     )
     print(setup)
     if not args.no_write:
-        command = "python tests/benchmarks/bench_alignment.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if k not in ("workdir", "no_write") and v is not None
+        command = (
+            "python tests/benchmarks/bench_alignment.py "
+            + " ".join(
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in vars(args).items()
+                if k not in ("workdir", "no_write", "json_out", "variant", "threads") and v is not None
+            )
+            + "".join(f" --variant '{v}'" for v in args.variant)
         )
         section = f"{SECTION}\n\n`{command}`\n\n{table}\n\n{setup}\n\n<!-- alignment-notes -->\n"
         old = RESULTS.read_text() if RESULTS.exists() else ""
