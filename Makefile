@@ -32,8 +32,10 @@ lint: install
 	$(VENV)/bin/ruff format --check components pipelines tests
 	$(VENV)/bin/mypy
 
+# One OpenMP thread per test process: the suite starts subprocesses (accelerate ranks, kfp.local tasks,
+# servers) and on 2 cores competing OpenMP thread pools spin-wait for each other (measured: up to 10x slower).
 test: install system-deps lint
-	$(VENV)/bin/pytest -q -m "not gpu" --timeout=900
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -m "not gpu" --timeout=900
 
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not gpu and not slow and not distributed" --timeout=300
