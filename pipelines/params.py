@@ -63,7 +63,7 @@ class PipelineParams(StepConfig):
         "diffusers pipeline directory (local or gs://)."
     )
     registry_uri: str = Field(
-        "sqlite:///outputs/registry.db",
+        "sqlite:///outputs/registry/mlflow.db",
         description="Model registry: `sqlite:///path.db` (embedded MLflow) or `http://host:port` (server).",
     )
     registry_artifact_root: str = Field(

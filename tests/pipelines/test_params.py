@@ -52,7 +52,7 @@ def test_localize_makes_local_roots_and_sqlite_absolute(
     local = localize(params)
     assert local.outputs_root == str(tmp_path / "outputs")
     assert local.checkpoint_root == "gs://b/ckpt"
-    assert local.registry_uri == f"sqlite:///{tmp_path}/outputs/registry.db"
+    assert local.registry_uri == f"sqlite:///{tmp_path}/outputs/registry/mlflow.db"
 
 
 @pytest.mark.parametrize("cron", ["0 0 3 * * *", "0 */30 * * * *", "0 0 3 * * MON-FRI"])
@@ -64,3 +64,11 @@ def test_valid_cron(cron: str) -> None:
 def test_invalid_cron(cron: str) -> None:
     with pytest.raises(ConfigError, match="cron"):
         validate_cron(cron)
+
+
+def test_pipeline_and_registry_commands_share_the_default_registry() -> None:
+    """`dkto run --local` registers where `dkto models` / `dkto rollback` look by default."""
+    from components.promote.step import DEFAULT_REGISTRY_URI
+    from pipelines.params import PipelineParams
+
+    assert PipelineParams.model_fields["registry_uri"].default == DEFAULT_REGISTRY_URI
