@@ -71,7 +71,9 @@ def main() -> None:
         "--images-per-step", type=int, default=16, help="images per step (DPO: half as many pairs)"
     )
     p.add_argument("--eval-images", type=int, default=240, help="held-out images per model")
-    p.add_argument("--beta", type=float, default=500.0, help="beta of KTO")
+    # 100, not 500: at 500 the sigmoid utility is saturated for a quarter to two thirds of the training
+    # images (σ' < 1% of its peak; `python -m pipelines.demo.reward_probe`), see RESULTS.md "Alignment".
+    p.add_argument("--beta", type=float, default=100.0, help="beta of KTO")
     p.add_argument("--dpo-beta", type=float, default=500.0, help="beta of DPO")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--desirable-ratio", type=float, default=0.5)

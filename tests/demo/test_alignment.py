@@ -15,7 +15,7 @@ def test_kto_raises_the_like_rate_on_held_out_prompts_well_beyond_the_ci(tmp_pat
     assert (BASE_MODEL / "model_index.json").exists(), "the committed base model is missing"
     out = run_benchmark(
         tmp_path,
-        [ObjectiveSettings(objective="kto", beta=500.0, learning_rate=1e-4, extra={"desirable_ratio": 0.5})],
+        [ObjectiveSettings(objective="kto", beta=100.0, learning_rate=1e-4, extra={"desirable_ratio": 0.5})],
         n_feedback=512,
         max_steps=400,
         images_per_step=16,
