@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning pools starve each other.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install lint test test-fast demo bench clean system-deps
 
