@@ -21,6 +21,40 @@ DEFAULT_WORDS = (
 ).split()
 
 
+# SD v1.5's architecture (runwayml/stable-diffusion-v1-5: unet/config.json, vae/config.json,
+# text_encoder/config.json), for building SD v1.5-sized models with random weights (GPU benchmarks).
+SD15_UNET_CONFIG: dict = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+SD15_VAE_CONFIG: dict = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=512,
+)
+SD15_TEXT_CONFIG: dict = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
+
+
 def write_tokenizer(
     path: str | Path, words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 77
 ) -> Path:
@@ -238,6 +272,37 @@ def build_tiny_sdxl(
         unet=unet,
         scheduler=scheduler,
         force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    return path
+
+
+def build_sd15_sized(path: str | Path, *, seed: int = 0) -> Path:
+    """An SD v1.5-layout pipeline with SD v1.5's UNet/VAE/text-encoder sizes and random weights, saved.
+
+    For GPU benchmarks (about 4 GB in fp32); the tokenizer is the small one of :func:`write_tokenizer`.
+    """
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tok_dir = write_tokenizer(path / "_tokenizer_src")
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD15_VAE_CONFIG),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)),
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        unet=UNet2DConditionModel(**SD15_UNET_CONFIG),
+        scheduler=DDPMScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(path, safe_serialization=True)
     shutil.rmtree(tok_dir, ignore_errors=True)

@@ -50,41 +50,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from components.shared.tiny_models import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG  # noqa: E402
 from components.train.cache import EncodedData  # noqa: E402
 from components.train.data import StepSampler, TrainData  # noqa: E402
 from components.train.losses import diffusion_kto_loss, per_sample_mse  # noqa: E402
 from components.train.models import TrainModels  # noqa: E402
 from components.train.step import TrainConfig  # noqa: E402
 
-# SD v1.5's UNet config (runwayml/stable-diffusion-v1-5, unet/config.json), random weights here.
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-SD15_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    sample_size=512,
-)
-SD15_TEXT = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_attention_heads=12,
-    num_hidden_layers=12,
-    max_position_embeddings=77,
-)
+# SD v1.5's architecture, shared with the other benchmarks; the text config without its vocabulary
+# (the benchmark's tokenizer is the small one).
+SD15_UNET = SD15_UNET_CONFIG
+SD15_VAE = SD15_VAE_CONFIG
+SD15_TEXT = {k: v for k, v in SD15_TEXT_CONFIG.items() if k not in ("vocab_size", "hidden_act")}
 # SD v1.5's layout at 1/8 of its widths: UNet (320..1280)/8, VAE (128..512)/8 (the VAE:UNet width ratio of
 # SD v1.5, 0.4), 8x VAE downsampling over 4 levels; a 2-layer 32-wide text encoder, whose FLOPs are ~2% of
 # a UNet forward as SD v1.5's CLIP-L is (13 of 803 GFLOP). Run at 64 px (8x8 latents).

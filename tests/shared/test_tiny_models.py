@@ -43,3 +43,23 @@ def test_tiny_sdxl_generates(tiny_sdxl):
         "a red circle", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)
     )
     assert out.images[0].size == (32, 32)
+
+
+def test_sd15_configs_have_sd15_sizes():
+    """The shared SD v1.5 configs build SD v1.5's parameter counts (UNet 859.5M, VAE 83.7M, CLIP-L 123.1M)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from components.shared.tiny_models import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
+
+    with torch.device("meta"):
+        sizes = [
+            sum(p.numel() for p in m.parameters())
+            for m in (
+                UNet2DConditionModel(**SD15_UNET_CONFIG),
+                AutoencoderKL(**SD15_VAE_CONFIG),
+                CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)),
+            )
+        ]
+    assert [round(n / 1e6, 1) for n in sizes] == [859.5, 83.7, 123.1]
