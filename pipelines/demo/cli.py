@@ -141,7 +141,7 @@ def format_summary(result: dict[str, Any]) -> str:
                 for k, v in steps[name].items()
                 if k not in ("step", "model", "recorded_at") and not isinstance(v, dict)
             }
-            lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in list(figures.items())[:8]))
+            lines.append(f"{name}: " + ", ".join(f"{k}={_figure(v)}" for k, v in list(figures.items())[:8]))
     decision = result.get("decision")
     if decision:
         m = decision["metrics"].get("colour_match", {})
@@ -168,6 +168,13 @@ def format_summary(result: dict[str, Any]) -> str:
         f"pipeline {result['seconds_pipeline']:.0f}s); everything is under {result['workdir']}"
     )
     return "\n".join(lines)
+
+
+def _figure(value: object) -> str:
+    """A figure as a person reads it: whole floats without ``.0``, others to 4 significant digits."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.4g}"
+    return str(value)
 
 
 def register(app: typer.Typer) -> None:
