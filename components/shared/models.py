@@ -29,6 +29,15 @@ def is_lora_model(uri: str) -> bool:
     return storage.exists(storage.join(uri, LORA_MANIFEST))
 
 
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword for a dtype: ``dtype`` on diffusers >= 0.42 (which deprecates
+    ``torch_dtype`` with a warning on every load), ``torch_dtype`` on older releases (which ignore ``dtype``)."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("diffusers").split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
+
+
 def load_pipeline(uri: str, *, device: str = "cpu", dtype: Any = None, fuse_lora: bool = False) -> Any:
     """Load a diffusers pipeline (or a LoRA adapter on its base) from a local path or gs:// URI."""
     import torch
@@ -43,6 +52,6 @@ def load_pipeline(uri: str, *, device: str = "cpu", dtype: Any = None, fuse_lora
             pipe.fuse_lora()
         return pipe.to(device)
     path = resolve_model_dir(uri)
-    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype or torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(path, **dtype_kwarg(dtype or torch.float32))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -188,6 +188,7 @@ def build_tiny_sd(
         beta_schedule="scaled_linear",
         clip_sample=False,
         prediction_type="epsilon",
+        steps_offset=1,  # as SD v1.5's scheduler_config.json (0 draws a deprecation warning from the pipeline)
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
