@@ -306,6 +306,9 @@ def _decide(
                 )
         if metric in policy.max_regression:
             limit = policy.max_regression[metric]
+            if math.isnan(limit):
+                # Every comparison with NaN is False, so the check would pass whatever the scores.
+                reasons.append(f"gate.max_regression[{metric!r}] is NaN; give a number")
             # Oriented so that a positive change is an improvement, whatever the metric's direction.
             change = m.mean_diff if m.higher_is_better else -m.mean_diff
             if change < -limit:
@@ -316,6 +319,8 @@ def _decide(
                 )
         if metric in policy.floors:
             floor = policy.floors[metric]
+            if math.isnan(floor):
+                reasons.append(f"gate.floors[{metric!r}] is NaN; give a number")
             below = m.candidate_mean < floor if m.higher_is_better else m.candidate_mean > floor
             if below:
                 word = "below the floor" if m.higher_is_better else "above the ceiling"

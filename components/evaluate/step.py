@@ -160,6 +160,18 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     telemetry = StepTelemetry("evaluate", run_id=config.run_id, pushgateway=config.pushgateway)
     log = telemetry.log
     out = config.output_dir
+    # A failing verdict first: if this run stops before its real decision is written, an earlier run's
+    # (possibly passing) decision.json in the same directory must not be read as this candidate's.
+    storage.write_json(
+        storage.join(out, "decision.json"),
+        {
+            "passed": False,
+            "reasons": [f"the evaluation started at {_utc_now()} did not finish; failing closed"],
+            "candidate_model": config.candidate_model,
+            "baseline_model": config.baseline_model,
+            "baseline_version": config.baseline_version,
+        },
+    )
     prompts = load_prompts(config.prompts, config.max_prompts)
     device = resolve_device(config.device)
     log.info(
