@@ -69,29 +69,35 @@ def evaluate_candidate(
     from pipelines.runtime import prepare_step_env, record_step
 
     prepare_step_env(run_id, pushgateway)
-    config = EvaluateConfig.from_dict(
-        {
-            "candidate_model": candidate.path,
-            "baseline_model": baseline_model,
-            "baseline_version": baseline_version or None,
-            "prompts": eval_prompts or storage.join(labeled.path, "val.parquet"),
-            "images_per_prompt": int(images_per_prompt),
-            "num_inference_steps": int(num_inference_steps),
-            "seed": int(seed),
-            "scorers": [str(s) for s in scorers],
-            "scorer_models": dict(scorer_models),
-            "gate": {
-                "primary_metric": gate_primary_metric,
-                "min_win_rate_ci_low": gate_min_win_rate_ci_low,
-                "min_prompts": int(gate_min_prompts),
-                "max_regression": dict(gate_max_regression),
-                "floors": dict(gate_floors),
-            },
-            "output_dir": evaluation.path,
-            "run_id": run_id,
-            **dict(eval_options),
-        }
-    )
+    fields = {
+        "candidate_model": candidate.path,
+        "baseline_model": baseline_model,
+        "baseline_version": baseline_version or None,
+        "prompts": eval_prompts or storage.join(labeled.path, "val.parquet"),
+        "images_per_prompt": int(images_per_prompt),
+        "num_inference_steps": int(num_inference_steps),
+        "seed": int(seed),
+        "scorers": [str(s) for s in scorers],
+        "scorer_models": dict(scorer_models),
+        "gate": {
+            "primary_metric": gate_primary_metric,
+            "min_win_rate_ci_low": gate_min_win_rate_ci_low,
+            "min_prompts": int(gate_min_prompts),
+            "max_regression": dict(gate_max_regression),
+            "floors": dict(gate_floors),
+        },
+        "output_dir": evaluation.path,
+        "run_id": run_id,
+    }
+    # eval_options may add fields, never replace these: overriding the baseline or the gate through a free-form
+    # dict would let a run compare against another model while promotion still checks the real production.
+    clash = sorted(set(eval_options) & set(fields))
+    if clash:
+        raise ValueError(
+            f"eval_options may not set {clash}: they come from the pipeline's own parameters "
+            "(baseline from the registry, gate_* parameters, eval_prompts, images_per_prompt, seed, scorers)"
+        )
+    config = EvaluateConfig.from_dict({**fields, **dict(eval_options)})
     result = run(config)
     with open(report.path, "w", encoding="utf-8") as out:
         out.write(storage.read_text(result.report_path))

@@ -115,3 +115,24 @@ def test_run_requires_local_and_schedule_validates_cron() -> None:
     )
     assert result.exit_code != 0
     assert "6 with seconds first" in str(result.exception)
+
+
+@pytest.mark.parametrize("key", ["baseline_model", "baseline_version", "gate", "candidate_model"])
+def test_eval_options_cannot_replace_the_baseline_or_the_gate(tmp_path: Path, key: str) -> None:
+    """A free-form option must not swap the model the gate compares with (promotion checks the real one)."""
+    from components.evaluate.component import evaluate_candidate
+
+    def artifact(name: str) -> SimpleNamespace:
+        return SimpleNamespace(path=str(tmp_path / name), uri=str(tmp_path / name), metadata={})
+
+    with pytest.raises(ValueError, match=f"eval_options may not set \\['{key}'\\]"):
+        evaluate_candidate.python_func(
+            candidate=artifact("candidate"),
+            labeled=artifact("labeled"),
+            baseline_model="production-model",
+            baseline_version="3",
+            evaluation=artifact("evaluation"),
+            report=artifact("report.html"),
+            metrics=artifact("metrics"),
+            eval_options={key: "something-else"},
+        )
