@@ -420,7 +420,9 @@ def train(config: TrainConfig) -> TrainResult:
             if ema is not None:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             bar.update(1)
-            stop = flag.requested
+            # With several processes the stop is decided only where every rank reaches the same collective
+            # (the logging steps): a rank that alone entered the all-reduce below would hang the others.
+            stop = flag.requested if n_proc == 1 else False
             if global_step % config.logging_steps == 0 or global_step == config.max_steps or stop:
                 last = figures.read()
                 figures.reset()

@@ -222,6 +222,27 @@ def train(out_dir: Path, config_path: str) -> None:
     )
 
 
+def train_one_rank_preempted(out_dir: Path, config_path: str) -> None:
+    """The real trainer where only rank 1 receives the preemption notice, from its first optimizer step.
+
+    Stands in for SIGTERM reaching one pod's process first (the flag is what the SIGTERM handler sets); every
+    rank must still stop together, at the next step where all ranks agree, with one checkpoint.
+    """
+    from components.train import checkpoint
+    from components.train.step import TrainConfig, run
+
+    rank = int(os.environ["RANK"])  # set by accelerate launch; PartialState is not the trainer's state yet
+    checkpoint.PreemptionFlag.requested = property(  # type: ignore[assignment, method-assign]
+        lambda self: rank == 1, lambda self, value: None
+    )
+    result = run(TrainConfig.from_yaml(config_path))
+    _write(
+        out_dir,
+        rank,
+        {"steps": result.steps, "preempted": result.preempted, "last_checkpoint": result.last_checkpoint},
+    )
+
+
 def main(argv: list[str]) -> None:
     """Dispatch on the mode named in ``argv[0]``."""
     mode, out_dir = argv[0], Path(argv[1])
@@ -235,6 +256,8 @@ def main(argv: list[str]) -> None:
         toy_step(out_dir / "toy_step")
     elif mode == "train":
         train(out_dir, argv[2])
+    elif mode == "train_one_rank_preempted":
+        train_one_rank_preempted(out_dir, argv[2])
     else:
         raise SystemExit(f"unknown mode {mode!r}; use reference_point, toy_step, loss_checks or train")
 

@@ -233,3 +233,25 @@ def test_trainer_two_processes_batch_2_equal_one_process_batch_4(  # type: ignor
         torch.testing.assert_close(weights0[name], value, atol=1e-5, rtol=1e-4, msg=f"{name}: 2x2 != 1x4")
         moved = max(moved, (value - start[name]).abs().max().item())
     assert moved > 1e-5, "the comparison means nothing unless the weights moved"
+
+
+def test_preemption_seen_by_one_rank_stops_every_rank_together(trainer_root: Path, tiny_sd: Path) -> None:
+    """SIGTERM reaching one process first: all ranks stop at the next common logging step, one checkpoint.
+
+    Before the fix, the preempted rank alone entered the stop all-reduce at a non-logging step while the
+    other was in DDP's gradient all-reduce, and the collectives went out of step (a hang or a crash).
+    """
+    import yaml
+
+    folder = trainer_root / "preempt"
+    path = _write_trainer_config(trainer_root, tiny_sd, folder, 2)
+    config = yaml.safe_load(path.read_text())
+    config.update({"max_steps": 6, "logging_steps": 2})
+    path.write_text(yaml.safe_dump(config))
+    launch("train_one_rank_preempted", str(folder / "ranks"), str(path))
+    figures = [read_rank(folder / "ranks", rank)[0] for rank in (0, 1)]
+    # Rank 1 is told to stop from step 1; the first step where both ranks agree is the logging step 2.
+    assert [f["steps"] for f in figures] == [2, 2]
+    assert all(f["preempted"] for f in figures)
+    assert figures[0]["last_checkpoint"] == figures[1]["last_checkpoint"]
+    assert (Path(figures[0]["last_checkpoint"]) / "trainer_state.json").exists()
