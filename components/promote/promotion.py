@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from components.promote.registry import (
     CANDIDATE,
@@ -261,23 +261,34 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
         version = registry.get_version(name, config.version).version
         registry.set_tags(name, version, gate_tags(decision, config.decision))
 
+    def outcome(
+        kind: Literal["promoted", "rejected", "conflict"],
+        before: str | None,
+        after: str | None,
+        message: str,
+        previous: str | None = None,
+    ) -> PromoteResult:
+        # Every return of this function differs only in these fields; the rest is the same run's context.
+        return PromoteResult(
+            model_name=name,
+            version=version,
+            outcome=kind,
+            production_before=before,
+            production_after=after,
+            expected_production=expected,
+            previous_production=previous,
+            reasons=reasons,
+            message=message,
+            registered=registered,
+        )
+
     if not decision["passed"]:
         if registered is None:
             telemetry.counter("rejections_total", "Candidates registered with a failing gate").inc()
         current = registry.aliases(name).get(PRODUCTION)
         message = f"gate rejected version {version}; production stays at {current or 'nothing'}"
         log.info("%s: %s", message, "; ".join(reasons))
-        return PromoteResult(
-            model_name=name,
-            version=version,
-            outcome="rejected",
-            production_before=current,
-            production_after=current,
-            expected_production=expected,
-            reasons=reasons,
-            message=message,
-            registered=registered,
-        )
+        return outcome("rejected", current, current, message)
 
     run_id = config.run_id()
     waited = time.monotonic()
@@ -289,18 +300,7 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
         current = registry.aliases(name).get(PRODUCTION)
         if current == version:
             message = f"version {version} is already production; nothing changed"
-            return PromoteResult(
-                model_name=name,
-                version=version,
-                outcome="promoted",
-                production_before=current,
-                production_after=current,
-                expected_production=expected,
-                previous_production=previous,
-                reasons=reasons,
-                message=message,
-                registered=registered,
-            )
+            return outcome("promoted", current, current, message, previous)
         if current != expected:
             telemetry.counter("conflicts_total", "Promotions refused because production moved").inc()
             message = (
@@ -310,34 +310,12 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
             )
             registry.set_tags(name, version, {"promotion": "conflict", "promotion.conflict": message})
             log.warning("%s", message)
-            return PromoteResult(
-                model_name=name,
-                version=version,
-                outcome="conflict",
-                production_before=current,
-                production_after=current,
-                expected_production=expected,
-                previous_production=previous,
-                reasons=reasons,
-                message=message,
-                registered=registered,
-            )
+            return outcome("conflict", current, current, message, previous)
         move_production(registry, lease, name, version, current, run_id, "promote", {"promotion": "promoted"})
     telemetry.counter("promotions_total", "Versions moved to production").inc()
     message = f"production {current or 'nothing'} -> {version}; previous-production = {current or 'none'}"
     log.info("%s: %s", name, message)
-    return PromoteResult(
-        model_name=name,
-        version=version,
-        outcome="promoted",
-        production_before=current,
-        production_after=version,
-        expected_production=expected,
-        previous_production=current,
-        reasons=reasons,
-        message=message,
-        registered=registered,
-    )
+    return outcome("promoted", current, version, message, current)
 
 
 def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackResult:
