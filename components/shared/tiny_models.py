@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 DEFAULT_WORDS = (
     "a an the of on in with and photo picture image painting drawing of "
@@ -134,6 +135,36 @@ def _text_config(vocab_size: int, hidden: int, layers: int, projection_dim: int 
     )
 
 
+def save_sd_pipeline(path: str | Path, *, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Path:
+    """Assemble an SD v1.x-layout pipeline from its parts, with SD v1.5's noise schedule, and save it.
+
+    The schedule is SD v1.5's scheduler_config.json (scaled_linear 0.00085..0.012, 1000 steps, epsilon
+    prediction, steps_offset 1); weights are written as safetensors only.
+    """
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+        steps_offset=1,  # 0 draws a deprecation warning from the pipeline
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
 def build_tiny_sd(
     path: str | Path,
     *,
@@ -149,7 +180,7 @@ def build_tiny_sd(
     Loadable with ``StableDiffusionPipeline.from_pretrained(path)``.
     """
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -180,27 +211,7 @@ def build_tiny_sd(
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    # The SD v1.5 training schedule (scaled_linear 0.00085..0.012, 1000 steps, epsilon prediction).
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        prediction_type="epsilon",
-        steps_offset=1,  # as SD v1.5's scheduler_config.json (0 draws a deprecation warning from the pipeline)
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path, safe_serialization=True)
+    save_sd_pipeline(path, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     import shutil
 
     shutil.rmtree(tok_dir, ignore_errors=True)
@@ -287,24 +298,18 @@ def build_sd15_sized(path: str | Path, *, seed: int = 0) -> Path:
     import shutil
 
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
     torch.manual_seed(seed)
     tok_dir = write_tokenizer(path / "_tokenizer_src")
-    pipe = StableDiffusionPipeline(
+    save_sd_pipeline(
+        path,
         vae=AutoencoderKL(**SD15_VAE_CONFIG),
         text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT_CONFIG)),
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
         unet=UNet2DConditionModel(**SD15_UNET_CONFIG),
-        scheduler=DDPMScheduler(
-            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-        ),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
-    pipe.save_pretrained(path, safe_serialization=True)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return path

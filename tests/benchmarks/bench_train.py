@@ -302,10 +302,10 @@ def swap_bytes_per_step(unet_kwargs: dict[str, Any], element_bytes: int) -> int:
 
 def build_proportional_sd(path: Path, resolution: int) -> Path:
     """Save an SD v1.x-layout pipeline with SD v1.5's cost proportions (see the module docstring)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from components.shared.tiny_models import write_tokenizer
+    from components.shared.tiny_models import save_sd_pipeline, write_tokenizer
 
     torch.manual_seed(0)
     tok_dir = write_tokenizer(path.parent / "proportional-tokenizer")
@@ -317,24 +317,7 @@ def build_proportional_sd(path: Path, resolution: int) -> Path:
     )
     vae = AutoencoderKL(**{**PROPORTIONAL_VAE, "sample_size": resolution})
     unet = UNet2DConditionModel(**{**PROPORTIONAL_UNET, "sample_size": resolution // 8})
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        prediction_type="epsilon",
-    )
-    StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(path, safe_serialization=True)
+    save_sd_pipeline(path, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     return path
 
 
