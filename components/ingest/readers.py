@@ -473,6 +473,17 @@ def read_parquet(uri: str, base_dir: str, max_prompt_chars: int) -> Iterator[Raw
     yield read_table_records(storage.read_parquet(uri), uri, base_dir, max_prompt_chars)
 
 
+def _csv_header(data: bytes) -> list[str]:
+    """Column names of a CSV file, parsed as CSV (quoted names may hold commas, quotes or newlines)."""
+    import csv
+
+    head = data[: 1 << 16].decode("utf-8", "replace")
+    try:
+        return next(csv.reader(io.StringIO(head)))
+    except StopIteration:
+        return []
+
+
 def read_csv_table(uri: str) -> tuple[pa.Table, list[QuarantinedRecord]]:
     """A CSV file as all-string columns (empty cells null), plus its structurally broken rows."""
     import pyarrow.csv as pcsv
@@ -492,13 +503,13 @@ def read_csv_table(uri: str) -> tuple[pa.Table, list[QuarantinedRecord]]:
         return "skip"
 
     data = storage.read_bytes(uri)
-    header = io.BytesIO(data).readline().decode("utf-8", "replace").strip().split(",")
+    header = _csv_header(data)
     table = pcsv.read_csv(
         io.BytesIO(data),
         read_options=pcsv.ReadOptions(use_threads=False),
         parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pcsv.ConvertOptions(
-            column_types={name.strip('"'): pa.string() for name in header}, strings_can_be_null=True
+            column_types={name: pa.string() for name in header}, strings_can_be_null=True
         ),
     )
     return table, bad

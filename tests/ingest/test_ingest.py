@@ -361,3 +361,18 @@ def test_config_validation() -> None:
         )
     with pytest.raises(ConfigError, match="sources"):
         IngestConfig.from_dict({"sources": [], "output_dir": "o"})
+
+
+def test_csv_header_with_quoted_names(tmp_path: Path, images: Path) -> None:
+    """A quoted column name holding a comma is one column (kept in metadata), not two."""
+    src = tmp_path / "quoted.csv"
+    src.write_text(
+        'event_id,prompt,image_uri,feedback,"rating, 1-5",score\n'
+        'q1,"a cat, sitting",images/red.png,score,4,0.5\n'
+    )
+    result = run(IngestConfig(sources=[str(src)], output_dir=str(tmp_path / "out")))
+    _check_invariant(result)
+    assert (result.accepted, result.quarantined) == (1, 0)
+    event = pq.read_table(result.events_uri).to_pylist()[0]
+    assert event["prompt"] == "a cat, sitting" and event["score"] == 0.5
+    assert json.loads(event["metadata"]) == {"rating, 1-5": "4"}
