@@ -117,3 +117,14 @@ def test_chunk_boundaries_do_not_change_the_result(tmp_path: Path) -> None:
     rows, rejected, blank = summary(whole)
     assert len(rows) + len(rejected) + blank == len(lines)
     assert set(rejected) <= set(bad)
+
+
+def test_key_colons_finds_every_quote_colon_at_odd_and_even_offsets() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for length in (0, 1, 2, 3, 17, 4096):
+        view = rng.choice(np.frombuffer(b'":a ', dtype=np.uint8), size=length)
+        expected = [i + 1 for i in range(length - 1) if view[i] == ord('"') and view[i + 1] == ord(":")]
+        found = readers._key_colons(view, readers.ByteMask())
+        assert sorted(found.tolist()) == expected, length
