@@ -3,7 +3,9 @@
 A checkpoint is ``<checkpoint_dir>/checkpoint-<step:08d>/``: accelerate's ``save_state`` (model,
 optimizer, LR scheduler, EMA, and the python / numpy / torch / CUDA RNG states of every process) plus
 ``trainer_state.json`` (optimizer step, micro-step = the sampler's position, config and data hashes) and
-a ``COMPLETE`` marker written last. Locally it is written into a temp directory and renamed into place;
+a ``COMPLETE`` marker written last. A LoRA run (:func:`keep_only_trainable_weights`) saves only the
+trainable tensors of the UNet (``trainable_weights.safetensors``, the adapter): the frozen base is the
+pretrained model the run names, reloaded on resume (3.4 GB for SD v1.5 against tens of MB). Locally it is written into a temp directory and renamed into place;
 on gs:// (no rename) the marker is uploaded after every other file, and a checkpoint without it is
 ignored. Resuming restores all of it, so a resumed run continues exactly as an uninterrupted one.
 """
@@ -19,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from components.shared import storage
 from components.shared.telemetry import get_logger
 
@@ -26,6 +30,7 @@ log = get_logger("train.checkpoint")
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+TRAINABLE_FILE = "trainable_weights.safetensors"
 _NAME = re.compile(r"checkpoint-(\d+)$")
 
 
@@ -111,11 +116,86 @@ def prune(checkpoint_dir: str, keep_last: int) -> None:
         storage.delete(uri)
 
 
-def load_checkpoint(accelerator: Any, uri: str) -> dict[str, Any]:
-    """Restore accelerate's state from a checkpoint (local or gs://); returns its trainer_state.json."""
+def load_checkpoint(accelerator: Any, uri: str, *, use_lora: bool | None = None) -> dict[str, Any]:
+    """Restore accelerate's state from a checkpoint (local or gs://); returns its trainer_state.json.
+
+    ``use_lora``: whether the resuming run trains a LoRA adapter; a full fine-tune cannot resume from an
+    adapter-only checkpoint (it has no UNet weights), and is told so before anything is loaded.
+    """
     local = storage.local_dir(uri) if storage.is_gcs(uri) else Path(uri)
+    if use_lora is False and (Path(local) / TRAINABLE_FILE).exists():
+        raise ValueError(
+            f"resume_from: {uri} is a LoRA checkpoint (only {TRAINABLE_FILE}, no UNet weights) and this run "
+            "has use_lora=false; resume it with use_lora=true and its LoRA settings, or start fresh"
+        )
     accelerator.load_state(str(local))
     return json.loads((Path(local) / STATE_FILE).read_text())
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``model`` that training changes: its parameters with ``requires_grad``, by name."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def keep_only_trainable_weights(accelerator: Any, model: torch.nn.Module) -> None:
+    """Make ``save_state``/``load_state`` store only ``model``'s trainable parameters (LoRA checkpoints).
+
+    ``model`` is the unwrapped module given to ``accelerator.prepare``. Its frozen parameters (the base UNet
+    under a LoRA adapter) are not written: on resume they come from the pretrained model again, exactly
+    as at the start of the run. The UNet has no buffers that training changes (GroupNorm/LayerNorm keep no
+    running statistics), so the trainable parameters, the optimizer, the scheduler and the RNG states are
+    the whole of what a resumed run needs to continue bit for bit. Same hook pattern as diffusers' LoRA
+    training scripts (``register_save_state_pre_hook``). A checkpoint written before this existed (the
+    whole UNet in ``model.safetensors``) still loads, through accelerate's own path.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    def is_ours(candidate: Any) -> bool:
+        return extract_model_from_parallel(candidate) is model
+
+    def save_hook(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+        from safetensors.torch import save_file
+
+        index = next((i for i, m in enumerate(models) if is_ours(m)), None)
+        if index is None:
+            return
+        # accelerate writes weights[i] for models[i]; dropping ours keeps the frozen base out of the files.
+        # (``models`` is the accelerator's own list here: it must stay as it is.)
+        weights.pop(index)
+        if accelerator.is_main_process:
+            tensors = {k: v.contiguous().cpu() for k, v in trainable_state(model).items()}
+            save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
+
+    def load_hook(models: list[Any], input_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(input_dir) / TRAINABLE_FILE
+        index = next((i for i, m in enumerate(models) if is_ours(m)), None)
+        if index is None or not path.exists():
+            return
+        # ``models`` is load_state's list of what it will load next: ours is restored here instead.
+        models.pop(index)
+        saved = load_file(str(path))
+        params = dict(model.named_parameters())
+        expected = set(trainable_state(model))
+        if set(saved) != expected:
+            missing, extra = sorted(expected - set(saved)), sorted(set(saved) - expected)
+            raise ValueError(
+                f"{path}: the checkpoint's trainable tensors do not match this run's (missing {len(missing)}, "
+                f"e.g. {missing[:3]}; unexpected {len(extra)}, e.g. {extra[:3]}); resume with the same "
+                "use_lora, lora_rank and lora_target_modules the checkpoint was written with"
+            )
+        with torch.no_grad():
+            for name, value in saved.items():
+                if params[name].shape != value.shape:
+                    raise ValueError(
+                        f"{path}: tensor {name!r} has shape {tuple(value.shape)}, this run's parameter "
+                        f"{tuple(params[name].shape)}; resume with the same lora_rank"
+                    )
+                params[name].copy_(value)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
 
 
 class PreemptionFlag:

@@ -208,6 +208,10 @@ class Batch:
     flipped: torch.Tensor
     """Use the horizontally flipped latents (hflip augmentation)."""
     desirable: torch.Tensor
+    mismatched_prompt_index: torch.Tensor
+    """The prompt slot of the previous image of the GLOBAL batch (image i gets the prompt of global image
+    i-1, the first the last's), after caption dropout: the mismatched pairs of the "unpaired" reference
+    point. For dpo it is the row's own prompt slot (dpo has no unpaired mode)."""
 
 
 class StepSampler:
@@ -270,6 +274,8 @@ class StepSampler:
                 if self.hflip
                 else torch.zeros(2 * self.batch_size, dtype=torch.bool)
             )
+            prompt = torch.where(dropped, torch.zeros_like(rows), self.prompt_slot[rows])
+            mismatched = prompt
         else:
             if self.objective == "sft":
                 rows = self._pick(self.liked, n, g)
@@ -288,6 +294,14 @@ class StepSampler:
                 rows = torch.where(want_liked, liked, disliked)
             dropped = torch.rand(n, generator=g) < self.caption_dropout
             flipped = torch.rand(n, generator=g) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
-            rows, dropped, flipped = rows[mine], dropped[mine], flipped[mine]
-        prompt = torch.where(dropped, torch.zeros_like(rows), self.prompt_slot[rows])
-        return Batch(rows=rows, prompt_index=prompt, flipped=flipped, desirable=self.labels[rows])
+            global_prompt = torch.where(dropped, torch.zeros_like(rows), self.prompt_slot[rows])
+            # Rolled over the global batch before slicing: rank r's first image pairs with rank r-1's last.
+            mismatched = global_prompt.roll(1, 0)[mine]
+            rows, flipped, prompt = rows[mine], flipped[mine], global_prompt[mine]
+        return Batch(
+            rows=rows,
+            prompt_index=prompt,
+            flipped=flipped,
+            desirable=self.labels[rows],
+            mismatched_prompt_index=mismatched,
+        )

@@ -211,9 +211,17 @@ class Trainer:
             return out.loss, out.reward_margins.mean(), out.implicit_accuracy.to(device), zero
         mismatched: dict[str, torch.Tensor] = {}
         if cfg.reference_point == "unpaired":
-            # Image i with the prompt of image i-1 (KTO's "unpaired" KL estimate), no grad.
-            rolled = cond.roll(1, 0)
-            rolled_pooled = None if pooled is None else pooled.roll(1, 0)
+            # Image i of the GLOBAL batch with the prompt of global image i-1 (KTO's "unpaired" KL
+            # estimate), no grad. The sampler hands each rank those prompt indices from the global draw it
+            # already makes, so the pairing (hence z) does not depend on the number of processes and no
+            # activations are exchanged; rolling the local batch would pair differently on every rank.
+            mismatched_prompts = batch.mismatched_prompt_index.to(cache_device)
+            rolled = enc.prompt_embeds[mismatched_prompts].to(device, non_blocking=True)
+            rolled_pooled = (
+                None
+                if enc.pooled_prompt_embeds is None
+                else enc.pooled_prompt_embeds[mismatched_prompts].to(device, non_blocking=True)
+            )
             with torch.no_grad():
                 mismatched["policy_mse_mismatched"] = per_sample_mse(
                     self._predict(
@@ -341,6 +349,9 @@ def train(config: TrainConfig) -> TrainResult:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if config.use_lora:
+        # Checkpoints hold the adapter, not the frozen base UNet it sits on (reloaded from pretrained_model).
+        ckpt.keep_only_trainable_weights(accelerator, accelerator.unwrap_model(unet))
     if config.torch_compile:
         accelerator.unwrap_model(unet).compile()
         if models.reference_unet is not None:
@@ -348,7 +359,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     global_step = micro_step = resumed_from = 0
     if resume_uri:
-        state = ckpt.load_checkpoint(accelerator, resume_uri)
+        state = ckpt.load_checkpoint(accelerator, resume_uri, use_lora=config.use_lora)
         global_step, micro_step = int(state["step"]), int(state["micro_step"])
         resumed_from = global_step
         if state.get("data_hash") != data.data_hash:
@@ -381,6 +392,7 @@ def train(config: TrainConfig) -> TrainResult:
             "config_hash": config.config_hash(),
             "data_hash": data.data_hash,
             "objective": config.objective,
+            "weights": "trainable" if config.use_lora else "full",
         }
 
     figures = StepFigures(accelerator.device)

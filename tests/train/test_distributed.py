@@ -3,7 +3,8 @@
 The processes run ``tests/train/dist_worker.py``; each writes what it computed, and the assertions are
 made here. Checked: the reference point z of Diffusion-KTO is the mean over the *global* batch (also with
 unequal per-rank batches, where the reference code's mean of per-rank means is wrong); one DDP step with
-2 processes x batch 2 equals one step of 1 process x batch 4; parameters stay identical across ranks.
+2 processes x batch 2 equals one step of 1 process x batch 4; parameters stay identical across ranks; the
+trainer with the "unpaired" reference point pairs images and prompts over the global batch (2 x 2 == 1 x 4).
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def _load_train_conftest():  # type: ignore[no-untyped-def]
     return module
 
 
-def _write_trainer_config(root: Path, tiny_sd: Path, folder: Path, batch_size: int) -> Path:
+def _write_trainer_config(
+    root: Path, tiny_sd: Path, folder: Path, batch_size: int, **overrides: object
+) -> Path:
     """A tiny-SD TrainConfig (2 optimizer steps, AdamW at lr 1e-4, fp32 on CPU) written as YAML."""
     from components.train.step import TrainConfig
 
@@ -161,6 +164,7 @@ def _write_trainer_config(root: Path, tiny_sd: Path, folder: Path, batch_size: i
             "seed": 0,
             "device": "cpu",
             "mixed_precision": "no",
+            **overrides,
         }
     )
     folder.mkdir(parents=True, exist_ok=True)
@@ -230,6 +234,51 @@ def test_trainer_two_processes_batch_2_equal_one_process_batch_4(  # type: ignor
     start = _unet_weights(tiny_sd)
     moved = 0.0
     for name, value in single.items():
+        torch.testing.assert_close(weights0[name], value, atol=1e-5, rtol=1e-4, msg=f"{name}: 2x2 != 1x4")
+        moved = max(moved, (value - start[name]).abs().max().item())
+    assert moved > 1e-5, "the comparison means nothing unless the weights moved"
+
+
+# Full fine-tuning with the "unpaired" reference point, 3 steps: at step 1 the policy is the reference and
+# z is exactly 0, so only later steps see the mismatched pairs' z (and its effect on the update).
+UNPAIRED = {"reference_point": "unpaired", "max_steps": 3}
+
+
+def test_unpaired_reference_point_two_processes_batch_2_equal_one_process_batch_4(  # type: ignore[no-untyped-def]
+    trainer_root: Path, tiny_sd: Path
+) -> None:
+    """Image i is paired with the prompt of GLOBAL image i-1, so 2 processes x 2 train like 1 x 4.
+
+    Rolling prompts within each rank's 2 images (the old pairing) pairs rank 1's first image with its own
+    second prompt instead of rank 0's last, which changes z and with it the update.
+    """
+    from components.train.step import TrainConfig, run
+
+    folder = trainer_root / "unpaired-two"
+    launch(
+        "train",
+        str(folder / "ranks"),
+        str(_write_trainer_config(trainer_root, tiny_sd, folder, 2, **UNPAIRED)),
+    )
+    figures0, weights0 = read_rank(folder / "ranks", 0)
+    figures1, _ = read_rank(folder / "ranks", 1)
+    single_folder = trainer_root / "unpaired-one"
+    single = run(
+        TrainConfig.from_yaml(str(_write_trainer_config(trainer_root, tiny_sd, single_folder, 4, **UNPAIRED)))
+    )
+    # z (mean over the logging interval, all steps here) is all-reduced, so both ranks report the same;
+    # it must be non-zero for the comparison to test the pairing at all.
+    assert single.reference_point is not None and single.reference_point > 0
+    for figures in (figures0, figures1):
+        assert figures["steps"] == 3
+        # float32 sums in another order (gloo all-reduce of per-rank sums vs one sum over 4), on weights
+        # that already differ at that level after the first steps: 1e-4 relative.
+        assert figures["reference_point"] == pytest.approx(single.reference_point, rel=1e-4, abs=1e-8)
+    weights = _unet_weights(single_folder / "out")
+    start = _unet_weights(tiny_sd)
+    moved = 0.0
+    for name, value in weights.items():
+        # The tolerance of the batch_mean comparison above, for the same reasons (one more step).
         torch.testing.assert_close(weights0[name], value, atol=1e-5, rtol=1e-4, msg=f"{name}: 2x2 != 1x4")
         moved = max(moved, (value - start[name]).abs().max().item())
     assert moved > 1e-5, "the comparison means nothing unless the weights moved"

@@ -39,7 +39,7 @@ def test_two_processes_of_batch_2_see_the_batch_of_one_process_of_batch_4(object
     for micro_step in range(5):
         whole = single.batch(micro_step)
         parts = [s.batch(micro_step) for s in ranks]
-        for field in ("rows", "prompt_index", "flipped", "desirable"):
+        for field in ("rows", "prompt_index", "flipped", "desirable", "mismatched_prompt_index"):
             got = [getattr(p, field) for p in parts]
             want = getattr(whole, field)
             if objective == "dpo":
@@ -51,6 +51,35 @@ def test_two_processes_of_batch_2_see_the_batch_of_one_process_of_batch_4(object
                 assert torch.equal(torch.cat(got), want), f"{objective} step {micro_step}: {field} differs"
     # Different micro-steps draw different batches (the test would pass vacuously otherwise).
     assert not torch.equal(single.batch(0).rows, single.batch(1).rows)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_unpaired_prompts_are_those_of_the_previous_image_of_the_global_batch(world: int) -> None:
+    """Image i gets the prompt of global image i-1 (the first the last's), whatever the process layout.
+
+    Rolling each process's own rows instead would pair rank r's first image with its own last one; with
+    world > 1 that differs from the single process, and this test fails.
+    """
+    kwargs = dict(objective="kto", desirable_ratio=0.5, caption_dropout=0.3, hflip=False, seed=3)
+    data = _data()
+    global_batch = 8
+    single = StepSampler(data, batch_size=global_batch, **kwargs)  # type: ignore[arg-type]
+    ranks = [
+        StepSampler(data, batch_size=global_batch // world, process_index=r, num_processes=world, **kwargs)  # type: ignore[arg-type]
+        for r in range(world)
+    ]
+    distinct = 0
+    for micro_step in range(6):
+        whole = single.batch(micro_step)
+        expected = whole.prompt_index.roll(1, 0)
+        assert torch.equal(whole.mismatched_prompt_index, expected)
+        parts = [s.batch(micro_step) for s in ranks]
+        assert torch.equal(torch.cat([p.mismatched_prompt_index for p in parts]), expected)
+        for rank in range(1, world):
+            assert parts[rank].mismatched_prompt_index[0] == parts[rank - 1].prompt_index[-1]
+        distinct += int(not torch.equal(whole.mismatched_prompt_index, whole.prompt_index))
+    # The mismatched prompts must differ from the matched ones somewhere, or the check says nothing.
+    assert distinct > 0
 
 
 def test_sampler_refuses_a_rank_outside_the_world() -> None:

@@ -164,6 +164,129 @@ def test_resume_and_sigterm_match_an_uninterrupted_run(
         assert not different, f"resumed run {name} differs from the straight run in {different[:3]}"
 
 
+def lora_weights(output_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The adapter tensors of an exported LoRA model."""
+    return load_file(str(Path(output_dir) / "pytorch_lora_weights.safetensors"))
+
+
+def test_lora_resume_matches_an_uninterrupted_run(make_config: Any, tmp_path: Path) -> None:
+    """A LoRA run resumed from its (adapter-only) checkpoint ends bit for bit where a straight run does."""
+    common = {
+        "use_lora": True,
+        "reference_point": "unpaired",
+        "hflip": True,
+        "max_steps": 4,
+        "logging_steps": 1,
+        "lr_scheduler": "constant",
+    }
+    straight = run(make_config(output_dir=str(tmp_path / "straight"), **common))
+    assert straight.steps == 4
+    ckpt_dir = tmp_path / "ckpt"
+    half = run(
+        make_config(
+            output_dir=str(tmp_path / "half"),
+            checkpoint_dir=str(ckpt_dir),
+            checkpoint_every=1,
+            keep_last_checkpoints=1,
+            **{**common, "max_steps": 2},
+        )
+    )
+    assert half.last_checkpoint and Path(half.last_checkpoint).name == "checkpoint-00000002"
+    assert not (Path(half.last_checkpoint) / "model.safetensors").exists()
+    resumed = run(
+        make_config(
+            output_dir=str(tmp_path / "resumed"), checkpoint_dir=str(ckpt_dir), resume_from="latest", **common
+        )
+    )
+    assert resumed.resumed_from_step == 2 and resumed.steps == 4
+
+    expected, got = lora_weights(tmp_path / "straight"), lora_weights(tmp_path / "resumed")
+    assert expected.keys() == got.keys() and expected
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"the resumed LoRA run differs from the straight run in {different[:3]}"
+    # Steps 3 and 4 changed the adapter: equal results are not just the 2-step checkpoint passed through.
+    after_two = lora_weights(tmp_path / "half")
+    assert any(not torch.equal(after_two[k], expected[k]) for k in expected)
+
+    # A checkpoint of another LoRA rank is refused with the setting to fix, not loaded half-way.
+    with pytest.raises(ValueError, match="lora_rank"):
+        run(
+            make_config(
+                output_dir=str(tmp_path / "other-rank"),
+                checkpoint_dir=str(ckpt_dir),
+                resume_from="latest",
+                lora_rank=4,
+                **common,
+            )
+        )
+    # ... and so is a full fine-tune, which would find no UNet weights in it.
+    with pytest.raises(ValueError, match="use_lora"):
+        run(
+            make_config(
+                output_dir=str(tmp_path / "full"),
+                checkpoint_dir=str(ckpt_dir),
+                resume_from="latest",
+                **{**common, "use_lora": False},
+            )
+        )
+
+
+def _checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in the safetensors files of a checkpoint, by name."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in checkpoint.rglob("*.safetensors"):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def _optimizer_numel(checkpoint: Path) -> int:
+    """Number of elements in the optimizer state tensors (AdamW: exp_avg and exp_avg_sq per parameter)."""
+    state = torch.load(checkpoint / "optimizer.bin", map_location="cpu", weights_only=True)["state"]
+    return sum(v.numel() for per_param in state.values() for v in per_param.values() if v.dim() > 0)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_lora_checkpoint_holds_the_adapter_not_the_frozen_unet(
+    make_config: Any, tmp_path: Path, tiny_sd: Path
+) -> None:
+    unet_file = tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"
+    base_names = set(load_file(str(unet_file)))
+    common = {"max_steps": 1, "checkpoint_every": 1}
+    lora = run(
+        make_config(
+            use_lora=True,
+            output_dir=str(tmp_path / "lora"),
+            checkpoint_dir=str(tmp_path / "ck-lora"),
+            **common,
+        )
+    )
+    full = run(
+        make_config(output_dir=str(tmp_path / "full"), checkpoint_dir=str(tmp_path / "ck-full"), **common)
+    )
+    assert lora.last_checkpoint and full.last_checkpoint
+    lora_ckpt, full_ckpt = Path(lora.last_checkpoint), Path(full.last_checkpoint)
+
+    saved = _checkpoint_tensors(lora_ckpt)
+    adapter = lora_weights(tmp_path / "lora")
+    adapter_numel = sum(v.numel() for v in adapter.values())
+    assert saved, "the LoRA checkpoint holds no weights at all"
+    frozen = sorted(k for k in saved if k in base_names or "base_layer" in k or "lora_" not in k)
+    assert not frozen, f"the LoRA checkpoint holds frozen base tensors: {frozen[:5]}"
+    # Exactly the adapter: as many tensors and elements as the exported LoRA weights.
+    assert len(saved) == len(adapter) and sum(v.numel() for v in saved.values()) == adapter_numel
+    assert _optimizer_numel(lora_ckpt) == 2 * adapter_numel
+    lora_bytes, full_bytes, unet_bytes = _size(lora_ckpt), _size(full_ckpt), unet_file.stat().st_size
+    print(f"checkpoint bytes: LoRA {lora_bytes}, full fine-tune {full_bytes}; UNet weights {unet_bytes}")
+    assert lora_bytes < unet_bytes / 4, (lora_bytes, unet_bytes)
+
+    # Full fine-tuning checkpoints still hold the whole UNet (every base tensor), as before.
+    assert base_names <= set(_checkpoint_tensors(full_ckpt))
+    assert full_bytes > unet_bytes
+
+
 def test_cache_is_reused_and_invalidated_by_new_data(
     make_config: Any, tmp_path: Path, manifest_writer: Any
 ) -> None:
