@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Any
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -63,10 +66,89 @@ def _row_raw(row: dict[str, Any], batch: RawBatch) -> str:
     return json.dumps(rec, default=str, sort_keys=True)
 
 
+@dataclass
+class CheckedPart:
+    """One batch after the record-level checks: its candidate rows and which of them failed."""
+
+    batch: RawBatch
+    table: pa.Table  # candidate columns (events.parquet's, plus _row and _raw)
+    invalid: np.ndarray  # bool per row
+    quarantined: list[QuarantinedRecord]  # the batch's unparseable records and the rows that failed
+
+
+def _check_part(batch: RawBatch, roots: list[str], max_prompt_chars: int) -> CheckedPart:
+    """Record-level checks of one batch (relative URIs resolve against its own file's directory).
+
+    Rows are not filtered here: the rows that fail are marked invalid and the one filter that builds
+    events.parquet drops them, so no full-table copy is made per batch.
+    """
+    quarantined = list(batch.quarantined)
+    t = batch.table
+    if t.num_rows == 0:
+        return CheckedPart(batch, _empty_candidates(), np.zeros(0, dtype=bool), quarantined)
+    checked = check_batch(t, batch.base_dir, roots, max_prompt_chars)
+    bad = checked.reasons != ""
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        rows = take_rows(
+            t.select(["event_id", "_row", "_raw", *CONTENT_COLUMNS, "created_at", "metadata"]), idx
+        ).to_pylist()
+        for i, row in zip(idx, rows, strict=True):
+            quarantined.append(
+                QuarantinedRecord(
+                    _row_raw(row, batch),
+                    batch.source,
+                    int(row["_row"]),
+                    str(checked.reasons[i]),
+                    checked.messages[int(i)],
+                    row.get("event_id"),
+                )
+            )
+    table = pa.table(
+        {
+            "event_id": t.column("event_id"),
+            "source": _source_column(batch.source, t.num_rows),
+            "prompt": t.column("prompt"),
+            "image_uri": checked.image_uri,
+            "feedback": t.column("feedback"),
+            "score": t.column("score"),
+            "other_image_uri": checked.other_image_uri,
+            "user_id": t.column("user_id"),
+            "created_at": checked.created_at,
+            "model_version": t.column("model_version"),
+            "metadata": t.column("metadata"),
+            "_row": t.column("_row"),
+            "_raw": t.column("_raw"),
+        }
+    )
+    return CheckedPart(batch, table, bad, quarantined)
+
+
+_T = TypeVar("_T")
+
+
+def _run_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """Yield ``items`` while a worker thread already produces the next one.
+
+    The JSONL reader's work (numpy byte screens, Arrow's parse) and the checks (Arrow kernels) mostly
+    release the GIL, so the checks of one chunk run on one core while the next chunk is read and parsed.
+    """
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as pool:
+        pending = pool.submit(next, items, end)
+        while True:
+            item = pending.result()
+            if item is end:
+                return
+            pending = pool.submit(next, items, end)
+            yield item  # type: ignore[misc]
+
+
 def _read_sources(
-    config: IngestConfig, image_store: str
-) -> tuple[list[RawBatch], list[dict[str, Any]], list[QuarantinedRecord]]:
-    batches: list[RawBatch] = []
+    config: IngestConfig, image_store: str, roots: list[str]
+) -> tuple[list[CheckedPart], list[dict[str, Any]], list[QuarantinedRecord]]:
+    """Read and check every source file; a file that cannot be read counts as one quarantined record."""
+    parts: list[CheckedPart] = []
     sources: list[dict[str, Any]] = []
     unreadable: list[QuarantinedRecord] = []
     for pattern in config.sources:
@@ -88,28 +170,33 @@ def _read_sources(
                         f"source file {uri}: unknown extension; use .jsonl/.parquet/.csv or set source_format"
                     )
             base = base_dir_of(uri)
+            found: Iterator[RawBatch]
+            if fmt == "jsonl":
+                found = _run_ahead(readers.read_jsonl(uri, base, config.max_prompt_chars))
+            elif fmt == "parquet":
+                found = readers.read_parquet(uri, base, config.max_prompt_chars)
+            elif fmt == "csv":
+                found = readers.read_csv(uri, base, config.max_prompt_chars)
+            elif fmt == "pickapic_v2":
+                found = importers.read_pickapic(uri, image_store, config.max_prompt_chars)
+            else:
+                found = importers.read_diffusion_kto_csv(uri, base, config.max_prompt_chars)
+            # A file's parts are kept only once all of it was read: a file that fails half-way counts
+            # as one unreadable record, not as the part that happened to come before the failure.
+            file_parts: list[CheckedPart] = []
             try:
-                if fmt == "jsonl":
-                    found = list(readers.read_jsonl(uri, base, config.max_prompt_chars))
-                elif fmt == "parquet":
-                    found = list(readers.read_parquet(uri, base, config.max_prompt_chars))
-                elif fmt == "csv":
-                    found = list(readers.read_csv(uri, base, config.max_prompt_chars))
-                elif fmt == "pickapic_v2":
-                    found = list(importers.read_pickapic(uri, image_store, config.max_prompt_chars))
-                else:
-                    found = list(importers.read_diffusion_kto_csv(uri, base, config.max_prompt_chars))
+                for batch in found:
+                    file_parts.append(_check_part(batch, roots, config.max_prompt_chars))
             except (OSError, ValueError, pa.ArrowException, storage.StorageError) as err:
-                # A file that cannot be read at all counts as one quarantined record, never silently.
                 unreadable.append(
                     QuarantinedRecord("", uri, 0, "unreadable_source", f"source file {uri}: {err}")
                 )
                 sources.append({"uri": uri, "format": fmt, "records": 1, "error": str(err)})
                 continue
-            n = sum(b.table.num_rows + len(b.quarantined) for b in found)
+            n = sum(p.batch.table.num_rows + len(p.batch.quarantined) for p in file_parts)
             sources.append({"uri": uri, "format": fmt, "records": n})
-            batches.extend(found)
-    return batches, sources, unreadable
+            parts.extend(file_parts)
+    return parts, sources, unreadable
 
 
 def ingest(config: IngestConfig) -> IngestResult:
@@ -127,60 +214,17 @@ def ingest(config: IngestConfig) -> IngestResult:
     if config.allowed_roots and config.source_format == "pickapic_v2":
         roots = roots + normalise_roots([image_store])
 
-    batches, sources, quarantined = _read_sources(config, image_store)
+    checked_parts, sources, quarantined = _read_sources(config, image_store, roots)
     now = utc_now()
 
-    # 1. record-level checks, batch by batch (relative URIs resolve against their own file's directory).
-    # Rows are not filtered here: the rows that fail are marked INVALID and the one filter that builds
-    # events.parquet (step 6) drops them, so no full-table copy is made per batch.
-    parts: list[pa.Table] = []
-    part_batches: list[RawBatch] = []
-    invalid_parts: list[np.ndarray] = []
-    for batch in batches:
-        quarantined.extend(batch.quarantined)
-        t = batch.table
-        if t.num_rows == 0:
-            continue
-        checked = check_batch(t, batch.base_dir, roots, config.max_prompt_chars)
-        bad = checked.reasons != ""
-        if bad.any():
-            idx = np.flatnonzero(bad)
-            rows = take_rows(
-                t.select(["event_id", "_row", "_raw", *CONTENT_COLUMNS, "created_at", "metadata"]), idx
-            ).to_pylist()
-            for i, row in zip(idx, rows, strict=True):
-                quarantined.append(
-                    QuarantinedRecord(
-                        _row_raw(row, batch),
-                        batch.source,
-                        int(row["_row"]),
-                        str(checked.reasons[i]),
-                        checked.messages[int(i)],
-                        row.get("event_id"),
-                    )
-                )
-        parts.append(
-            pa.table(
-                {
-                    "event_id": t.column("event_id"),
-                    "source": _source_column(batch.source, t.num_rows),
-                    "prompt": t.column("prompt"),
-                    "image_uri": checked.image_uri,
-                    "feedback": t.column("feedback"),
-                    "score": t.column("score"),
-                    "other_image_uri": checked.other_image_uri,
-                    "user_id": t.column("user_id"),
-                    "created_at": checked.created_at,
-                    "model_version": t.column("model_version"),
-                    "metadata": t.column("metadata"),
-                    "_row": t.column("_row"),
-                    "_raw": t.column("_raw"),
-                }
-            )
-        )
-        part_batches.append(batch)
-        invalid_parts.append(bad)
-    blank_lines = sum(b.blank_lines for b in batches)
+    # 1. record-level checks ran batch by batch as the sources were read (_check_part)
+    for part in checked_parts:
+        quarantined.extend(part.quarantined)
+    blank_lines = sum(p.batch.blank_lines for p in checked_parts)
+    checked_parts = [p for p in checked_parts if p.table.num_rows]
+    parts = [p.table for p in checked_parts]
+    part_batches = [p.batch for p in checked_parts]
+    invalid_parts = [p.invalid for p in checked_parts]
     candidates = pa.concat_tables(parts) if parts else _empty_candidates()
     part_starts = np.cumsum([0] + [p.num_rows for p in parts])
     del parts

@@ -376,3 +376,40 @@ def test_csv_header_with_quoted_names(tmp_path: Path, images: Path) -> None:
     event = pq.read_table(result.events_uri).to_pylist()[0]
     assert event["prompt"] == "a cat, sitting" and event["score"] == 0.5
     assert json.loads(event["metadata"]) == {"rating, 1-5": "4"}
+
+
+def test_unreadable_source_file_is_one_quarantined_record(tmp_path: Path, images: Path) -> None:
+    """A source that cannot be read at all is counted and named, and the other sources still load."""
+    write_records(tmp_path / "good.jsonl", good_records())
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    result = run(
+        IngestConfig(
+            sources=[str(tmp_path / "good.jsonl"), str(tmp_path / "broken.parquet")],
+            output_dir=str(tmp_path / "out"),
+            max_quarantined_fraction=1.0,
+        )
+    )
+    _check_invariant(result)
+    assert (result.read, result.accepted, result.quarantined) == (5, 4, 1)
+    assert result.quarantined_by_reason == {"unreadable_source": 1}
+    stats = storage.read_json(result.stats_uri)
+    broken = [s for s in stats["sources"] if s["uri"].endswith("broken.parquet")][0]
+    assert broken["records"] == 1 and broken["error"]
+    (row,) = pq.read_table(result.quarantine_uri).to_pylist()
+    assert row["reason"] == "unreadable_source" and "broken.parquet" in row["message"]
+
+
+def test_run_ahead_keeps_order_and_raises_where_the_source_failed() -> None:
+    from components.ingest.pipeline import _run_ahead
+
+    def source():
+        yield 1
+        yield 2
+        raise OSError("connection reset while reading chunk 3")
+
+    got = []
+    with pytest.raises(OSError, match="chunk 3"):
+        for item in _run_ahead(source()):
+            got.append(item)
+    assert got == [1, 2]
+    assert list(_run_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
