@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.label.datacard import render_data_card
+from components.label.grouping import group_images
 from components.label.policies import class_weights, pairwise_to_binary, score_to_binary, votes_to_binary
-from components.label.split import cap_per_prompt, split_of
+from components.label.split import cap_per_prompt, prompts_in_val
 from components.label.step import LabelConfig, LabelResult
 from components.shared import storage
 from components.shared.telemetry import StepTelemetry
@@ -35,22 +36,24 @@ SAMPLES_SCHEMA = pa.schema(
         ("split", pa.string()),
     ]
 )
-EVENT_COLUMNS = [
-    "event_id",
-    "prompt",
-    "image_uri",
-    "image_sha256",
-    "feedback",
-    "score",
-    "other_image_uri",
-    "other_image_sha256",
-    "user_id",
-]
+POLICY_COLUMNS = {
+    "votes": [],
+    "pairwise": ["other_image_uri", "other_image_sha256"],
+    "score_threshold": ["score"],
+}
 MAX_EXAMPLES = 3
 
 
 class LabelError(RuntimeError):
     """The events cannot be labeled as configured; the message says why."""
+
+
+def _columns_for(config: LabelConfig) -> list[str]:
+    """The events.parquet columns the configured policy reads."""
+    base = ["prompt", "image_uri", "image_sha256", "feedback"]
+    if config.policy == "user_filter":
+        return [*base, "user_id", *POLICY_COLUMNS[config.user_filter.then]]
+    return [*base, *POLICY_COLUMNS[config.policy]]
 
 
 def _examples(table: pa.Table, mask: np.ndarray, columns: list[str]) -> list[dict[str, Any]]:
@@ -65,7 +68,7 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
     zero = pa.scalar(0, pa.int64())
 
     def side(mask: pa.Array, uri: str, sha: str, **counts: Any) -> pa.Table:
-        sub = events.select(["prompt", uri, sha, "score"])
+        sub = events.select(["prompt", uri, sha, *(["score"] if counts.get("score") else [])])
         all_rows = pc.all(pc.fill_null(mask, False)).as_py()
         if not all_rows:
             sub = sub.filter(mask)
@@ -101,6 +104,26 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
     return pa.concat_tables(parts), pc.fill_null(used, False).to_numpy(zero_copy_only=False)
 
 
+def _sample_ids(agg: pa.Table, labeled: np.ndarray) -> pa.Array:
+    """Stable id of each image: its SHA-256 where known, else the sha256 of its URI.
+
+    The URI is hashed only for images that get a label (dropped images never appear in train/val);
+    one hashlib call per image is the cost here.
+    """
+    sample_ids = agg.column("image_sha256_min").combine_chunks()
+    if sample_ids.null_count < len(sample_ids) and pc.any(pc.equal(sample_ids, "")).as_py():
+        sample_ids = pc.if_else(pc.equal(sample_ids, ""), pa.scalar(None, pa.string()), sample_ids)
+    need = np.flatnonzero(labeled & pc.is_null(sample_ids).to_numpy(zero_copy_only=False))
+    if not len(need):
+        return sample_ids
+    sha256 = hashlib.sha256
+    uris = pc.cast(agg.column("image_uri_min").take(pa.array(need)), pa.binary()).to_pylist()
+    index = np.full(len(agg), -1, dtype=np.int64)
+    index[need] = np.arange(len(need))
+    hashed = pa.array([sha256(u).hexdigest() for u in uris], pa.string())
+    return pc.coalesce(sample_ids, hashed.take(pa.array(index, mask=index < 0)))
+
+
 def label(config: LabelConfig) -> LabelResult:
     """Run the label step (see :mod:`components.label.step`)."""
     telemetry = StepTelemetry("label", run_id=config.run_id, pushgateway=config.pushgateway)
@@ -108,15 +131,16 @@ def label(config: LabelConfig) -> LabelResult:
     events_uri = (
         config.events if config.events.endswith(".parquet") else storage.join(config.events, "events.parquet")
     )
+    # only the columns this policy uses (event ids, metadata, timestamps and sources are never decoded)
+    needed = _columns_for(config)
     try:
-        # only the columns labeling uses (metadata, timestamps and sources are never decoded)
-        events = storage.read_parquet(events_uri, columns=EVENT_COLUMNS)
+        events = storage.read_parquet(events_uri, columns=needed)
     except (pa.ArrowInvalid, KeyError):
         events = storage.read_parquet(events_uri)
-    missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
+    missing = [c for c in needed if c not in events.column_names]
     if missing:
         raise LabelError(f"{events_uri}: not an events.parquet from ingest, missing columns {missing}")
-    events = events.select(EVENT_COLUMNS)
+    events = events.select(needed)
     dropped: dict[str, int] = defaultdict(int)
     examples: dict[str, list[dict[str, Any]]] = {}
     policy = config.policy
@@ -146,21 +170,8 @@ def label(config: LabelConfig) -> LabelResult:
             examples[drop_reason] = _examples(events, mask, ["prompt", "image_uri", "feedback"])
 
     # One image = one (prompt, image) pair; identical bytes under several URIs are one image (by SHA-256).
-    key = pc.coalesce(sides.column("image_sha256"), sides.column("image_uri"))
-    sides = sides.append_column("key", key)
-    agg = sides.group_by(["prompt", "key"], use_threads=False).aggregate(
-        [
-            ("like", "sum"),
-            ("dislike", "sum"),
-            ("win", "sum"),
-            ("loss", "sum"),
-            ("tie", "sum"),
-            ("score", "mean"),
-            ("image_uri", "min"),
-            ("image_sha256", "min"),
-            ("key", "count"),
-        ]
-    )
+    groups = group_images(sides)
+    agg = groups.table
     likes = agg.column("like_sum").to_numpy()
     dislikes = agg.column("dislike_sum").to_numpy()
     wins = agg.column("win_sum").to_numpy()
@@ -184,20 +195,7 @@ def label(config: LabelConfig) -> LabelResult:
 
     n_events = agg.column("key_count").to_numpy()
     labeled = reason == ""
-    # sha256 of the URI only where the image hash is unknown, and only for images that get a label
-    # (dropped images never appear in train/val); one Python call per image is the cost here.
-    sample_ids = agg.column("image_sha256_min").combine_chunks()
-    if pc.any(pc.equal(sample_ids, "")).as_py():
-        sample_ids = pc.if_else(pc.equal(sample_ids, ""), pa.scalar(None, pa.string()), sample_ids)
-    need = np.flatnonzero(labeled & pc.is_null(sample_ids).to_numpy(zero_copy_only=False))
-    if len(need):
-        sha256 = hashlib.sha256
-        uris = pc.cast(agg.column("image_uri_min").take(pa.array(need)), pa.binary()).to_pylist()
-        index = np.full(len(agg), -1, dtype=np.int64)
-        index[need] = np.arange(len(need))
-        hashed = pa.array([sha256(u).hexdigest() for u in uris], pa.string())
-        from_uri = hashed.take(pa.array(index, mask=index < 0))
-        sample_ids = pc.coalesce(sample_ids, from_uri)
+    sample_ids = _sample_ids(agg, labeled)
     if config.max_images_per_prompt is not None and labeled.any():
         idx = np.flatnonzero(labeled)
         keep = cap_per_prompt(
@@ -225,7 +223,17 @@ def label(config: LabelConfig) -> LabelResult:
         dropped[r] += int(mask.sum())
         examples[r] = _examples(agg_view, mask, agg_view.column_names)
 
-    split = split_of(agg.column("prompt").combine_chunks(), config.val_fraction, config.split_salt)
+    # Each distinct prompt is hashed once, and only if one of its images is labeled.
+    prompt_code = groups.prompt_code
+    hashed = np.flatnonzero(
+        np.bincount(prompt_code[labeled & (prompt_code >= 0)], minlength=len(groups.prompts))
+    )
+    prompt_in_val = np.zeros(len(groups.prompts) + 1, dtype=bool)  # the extra last entry: no prompt
+    prompt_in_val[hashed] = prompts_in_val(
+        groups.prompts.take(pa.array(hashed)), config.val_fraction, config.split_salt
+    )
+    rows = np.flatnonzero(labeled)
+    in_val = prompt_in_val[prompt_code[rows]]
     samples = pa.table(
         {
             "sample_id": sample_ids,
@@ -240,14 +248,19 @@ def label(config: LabelConfig) -> LabelResult:
             "n_losses": pa.array(losses.astype(np.int64)),
             "n_ties": pa.array(ties.astype(np.int64)),
             "score": pa.array(scores, pa.float64(), from_pandas=True),
-            "policy": pa.array(np.full(len(agg), config.policy, dtype=object), pa.string()),
-            "split": pa.array(split, pa.string()),
-        },
-        schema=SAMPLES_SCHEMA,
-    ).filter(pa.array(labeled))
-    samples = samples.sort_by([("split", "ascending"), ("prompt", "ascending"), ("sample_id", "ascending")])
-    train = samples.filter(pc.equal(samples.column("split"), "train"))
-    val = samples.filter(pc.equal(samples.column("split"), "val"))
+        }
+    ).take(pa.array(rows))
+    samples = samples.append_column("policy", pa.repeat(pa.scalar(config.policy, pa.string()), len(rows)))
+    samples = samples.append_column("split", pc.if_else(pa.array(in_val), "val", "train")).cast(
+        SAMPLES_SCHEMA
+    )
+    # Rows ordered by (split, prompt, sample_id): a stable sort on (prompt, sample_id), then split apart.
+    order = pc.sort_indices(
+        samples, sort_keys=[("prompt", "ascending"), ("sample_id", "ascending")]
+    ).to_numpy()
+    order_in_val = in_val[order]
+    train = samples.take(pa.array(order[~order_in_val]))
+    val = samples.take(pa.array(order[order_in_val]))
 
     def counts(t: pa.Table) -> dict[str, int]:
         d = int(pc.sum(t.column("desirable")).as_py() or 0)
@@ -281,8 +294,8 @@ def label(config: LabelConfig) -> LabelResult:
         "thresholds": thresholds,
         "events_read": n_events_in,
         "images_considered": len(agg),
-        "train_prompts": int(pc.count_distinct(train.column("prompt")).as_py()),
-        "val_prompts": int(pc.count_distinct(val.column("prompt")).as_py()),
+        "train_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[~in_val]]) >= 0)),
+        "val_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[in_val]]) >= 0)),
         "val_fraction": config.val_fraction,
         "split_salt": config.split_salt,
         "max_images_per_prompt": config.max_images_per_prompt,

@@ -1,0 +1,132 @@
+"""Per-image aggregation of feedback: a group-by on (prompt, image key) over integer codes.
+
+:func:`group_images` gives the same table as
+``sides.group_by(["prompt", "key"], use_threads=False).aggregate(...)`` (sums of the counts, mean score,
+smallest image URI and SHA-256, number of events; groups in order of first appearance), but hashes each
+string column once (``dictionary_encode``) and does the per-group work on the codes with numpy. Arrow's
+hash group-by with string minima took ~0.55 s of CPU on a million events; this takes ~0.15 s.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+COUNT_COLUMNS = ("like", "dislike", "win", "loss", "tie")
+
+
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array of plain values (chunks concatenated, a dictionary type decoded)."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
+
+
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The values with a dictionary type decoded (chunks kept as they are otherwise)."""
+    return _flat(values) if pa.types.is_dictionary(values.type) else values
+
+
+def encode(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(code per row, -1 where null; the distinct non-null values in order of first appearance)."""
+    values = _plain(values)
+    # A chunked input is encoded chunk by chunk against one growing dictionary: no concatenation.
+    encoded = pc.dictionary_encode(values)
+    chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), pa.array([], values.type)
+    codes = [pc.fill_null(c.indices, -1).to_numpy().astype(np.int64, copy=False) for c in chunks]
+    return np.concatenate(codes), chunks[-1].dictionary
+
+
+def group_min(codes: np.ndarray, values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
+    """Smallest value (byte order, as Arrow's ``min``) of each group; null where a group has none.
+
+    ``codes`` index ``values`` (-1 = null). Where a group holds one distinct value, that is its minimum;
+    the values are sorted only when some group holds several.
+    """
+    valid = codes >= 0
+    g, c = group[valid], codes[valid]
+    low = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
+    high = np.full(n_groups, -1, dtype=np.int64)
+    np.minimum.at(low, g, c)
+    np.maximum.at(high, g, c)
+    present = high >= 0
+    if np.any(present & (low != high)):
+        order = pc.sort_indices(values).to_numpy()
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        low_rank = np.full(n_groups, len(order), dtype=np.int64)
+        np.minimum.at(low_rank, g, rank[c])
+        low = np.where(present, order[np.minimum(low_rank, max(len(order) - 1, 0))], -1)
+    return values.take(pa.array(np.where(present, low, 0), mask=~present))
+
+
+class ImageGroups(NamedTuple):
+    """The aggregated images, with each image's prompt as a code into ``prompts`` (-1 for none)."""
+
+    table: pa.Table
+    prompt_code: np.ndarray
+    prompts: pa.Array
+
+
+def group_images(sides: pa.Table) -> ImageGroups:
+    """Aggregate the sides (one row per event and image it rates) into one row per (prompt, image).
+
+    An image's key is its SHA-256 where known, else its URI, so identical bytes under several URIs are one
+    image. Output columns, as Arrow's group-by names them: prompt, key, like_sum, dislike_sum, win_sum,
+    loss_sum, tie_sum, score_mean, image_uri_min, image_sha256_min, key_count.
+    """
+    uri, sha = _plain(sides.column("image_uri")), _plain(sides.column("image_sha256"))
+    n = len(uri)
+    # Encode the key once and reuse its codes for the URI or SHA column it equals (the common cases).
+    if sha.null_count == n:
+        key: pa.Array | pa.ChunkedArray = uri
+    elif sha.null_count == 0:
+        key = sha
+    else:
+        key = pc.coalesce(sha, uri)
+    key_codes, keys = encode(key)
+    uri_codes, uris = (key_codes, keys) if key is uri else encode(uri)
+    if key is sha:
+        sha_codes, shas = key_codes, keys
+    elif sha.null_count == n:
+        sha_codes, shas = np.full(n, -1, dtype=np.int64), pa.array([], sha.type)
+    else:
+        sha_codes, shas = encode(sha)
+    prompt_codes, prompts = encode(sides.column("prompt"))
+
+    # Code of the (prompt, key) pair; dictionary_encode numbers the pairs in order of first appearance.
+    width = len(keys) + 1
+    pair = (prompt_codes + 1) * width + (key_codes + 1)
+    pairs = pc.dictionary_encode(pa.array(pair, pa.int64()))
+    group = pairs.indices.to_numpy().astype(np.int64, copy=False)
+    first = pairs.dictionary.to_numpy()
+    n_groups = len(first)
+    group_prompt, group_key = first // width - 1, first % width - 1
+
+    columns: dict[str, pa.Array] = {
+        "prompt": prompts.take(pa.array(group_prompt, mask=group_prompt < 0)),
+        "key": keys.take(pa.array(group_key, mask=group_key < 0)),
+    }
+    for name in COUNT_COLUMNS:
+        counts = pc.fill_null(sides.column(name), 0).to_numpy()
+        sums = np.bincount(group, weights=counts, minlength=n_groups) if counts.any() else np.zeros(n_groups)
+        columns[f"{name}_sum"] = pa.array(sums.astype(np.int64))
+    score = _flat(sides.column("score"))
+    scored = ~np.asarray(score.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if scored.any():
+        values = score.to_numpy(zero_copy_only=False)
+        n_scored = np.bincount(group[scored], minlength=n_groups)
+        total = np.bincount(group[scored], weights=values[scored], minlength=n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / n_scored
+        columns["score_mean"] = pa.array(mean, mask=n_scored == 0)
+    else:
+        columns["score_mean"] = pa.nulls(n_groups, pa.float64())
+    columns["image_uri_min"] = group_min(uri_codes, uris, group, n_groups)
+    columns["image_sha256_min"] = group_min(sha_codes, shas, group, n_groups)
+    columns["key_count"] = pa.array(np.bincount(group[key_codes >= 0], minlength=n_groups))
+    return ImageGroups(pa.table(columns), group_prompt, prompts)
