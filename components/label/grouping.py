@@ -64,6 +64,38 @@ def group_min(codes: np.ndarray, values: pa.Array, group: np.ndarray, n_groups: 
     return values.take(pa.array(np.where(present, low, 0), mask=~present))
 
 
+def _group_sum(sides: pa.Table, name: str, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group sum of a count column (boolean: rows that count once; integer: the count; absent: 0)."""
+    if name not in sides.column_names:
+        return np.zeros(n_groups, dtype=np.int64)
+    column = _flat(sides.column(name))
+    if pa.types.is_boolean(column.type):
+        counted = pc.fill_null(column, False).to_numpy(zero_copy_only=False)
+        return np.bincount(group[counted], minlength=n_groups).astype(np.int64, copy=False)
+    counts = pc.fill_null(column, 0).to_numpy()
+    return np.bincount(group, weights=counts, minlength=n_groups).astype(np.int64)
+
+
+def _pairs(prompt_codes: np.ndarray, key_codes: np.ndarray, n_keys: int) -> tuple[np.ndarray, ...]:
+    """Number the distinct (prompt, key) pairs in order of first appearance.
+
+    Returns (pair number of each row, prompt code of each pair, key code of each pair).
+    """
+    if len(key_codes) and key_codes.min() >= 0:
+        # Usually each image has one prompt; then the key codes already number the pairs, in that order.
+        low = np.full(n_keys, np.iinfo(np.int64).max, dtype=np.int64)
+        high = np.full(n_keys, -2, dtype=np.int64)
+        np.minimum.at(low, key_codes, prompt_codes)
+        np.maximum.at(high, key_codes, prompt_codes)
+        if np.array_equal(low, high):
+            return key_codes, low, np.arange(n_keys)
+    width = n_keys + 1
+    pair = (prompt_codes + 1) * width + (key_codes + 1)
+    pairs = pc.dictionary_encode(pa.array(pair, pa.int64()))
+    first = pairs.dictionary.to_numpy()
+    return pairs.indices.to_numpy().astype(np.int64, copy=False), first // width - 1, first % width - 1
+
+
 class ImageGroups(NamedTuple):
     """The aggregated images, with each image's prompt as a code into ``prompts`` (-1 for none)."""
 
@@ -98,24 +130,16 @@ def group_images(sides: pa.Table) -> ImageGroups:
         sha_codes, shas = encode(sha)
     prompt_codes, prompts = encode(sides.column("prompt"))
 
-    # Code of the (prompt, key) pair; dictionary_encode numbers the pairs in order of first appearance.
-    width = len(keys) + 1
-    pair = (prompt_codes + 1) * width + (key_codes + 1)
-    pairs = pc.dictionary_encode(pa.array(pair, pa.int64()))
-    group = pairs.indices.to_numpy().astype(np.int64, copy=False)
-    first = pairs.dictionary.to_numpy()
-    n_groups = len(first)
-    group_prompt, group_key = first // width - 1, first % width - 1
+    group, group_prompt, group_key = _pairs(prompt_codes, key_codes, len(keys))
+    n_groups = len(group_key)
 
     columns: dict[str, pa.Array] = {
         "prompt": prompts.take(pa.array(group_prompt, mask=group_prompt < 0)),
         "key": keys.take(pa.array(group_key, mask=group_key < 0)),
     }
     for name in COUNT_COLUMNS:
-        counts = pc.fill_null(sides.column(name), 0).to_numpy()
-        sums = np.bincount(group, weights=counts, minlength=n_groups) if counts.any() else np.zeros(n_groups)
-        columns[f"{name}_sum"] = pa.array(sums.astype(np.int64))
-    score = _flat(sides.column("score"))
+        columns[f"{name}_sum"] = pa.array(_group_sum(sides, name, group, n_groups))
+    score = _flat(sides.column("score")) if "score" in sides.column_names else pa.nulls(n, pa.float64())
     scored = ~np.asarray(score.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if scored.any():
         values = score.to_numpy(zero_copy_only=False)

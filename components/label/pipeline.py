@@ -62,46 +62,44 @@ def _examples(table: pa.Table, mask: np.ndarray, columns: list[str]) -> list[dic
 
 
 def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
-    """One row per (event, image) the policy uses, with that image's contribution; plus a 'used' mask."""
-    fb = events.column("feedback")
-    one = pa.scalar(1, pa.int64())
-    zero = pa.scalar(0, pa.int64())
+    """One row per (event, image) the policy uses, with that image's contribution; plus a 'used' mask.
 
-    def side(mask: pa.Array, uri: str, sha: str, **counts: Any) -> pa.Table:
-        sub = events.select(["prompt", uri, sha, *(["score"] if counts.get("score") else [])])
+    A contribution is a boolean column per kind of count (like, dislike, win, loss, tie) that is true
+    where the row counts once; kinds a policy never counts are left out (the group-by reads them as 0).
+    """
+    fb = events.column("feedback")
+
+    def side(mask: pa.ChunkedArray, uri: str, sha: str, score: bool = False, **counts: Any) -> pa.Table:
+        sub = events.select(["prompt", uri, sha, *(["score"] if score else [])])
         all_rows = pc.all(pc.fill_null(mask, False)).as_py()
         if not all_rows:
             sub = sub.filter(mask)
-        n = sub.num_rows
         cols = {"prompt": sub.column("prompt"), "image_uri": sub.column(uri), "image_sha256": sub.column(sha)}
-        for name in ("like", "dislike", "win", "loss", "tie"):
-            value = counts.get(name, zero)
-            cols[name] = (
-                (value if all_rows else value.filter(mask))
-                if isinstance(value, (pa.Array, pa.ChunkedArray))
-                else pa.array(np.full(n, value.as_py(), np.int64))
-            )
-        cols["score"] = sub.column("score") if counts.get("score") else pa.nulls(n, pa.float64())
+        for name, value in counts.items():
+            cols[name] = value if all_rows else value.filter(mask)
+        if score:
+            cols["score"] = sub.column("score")
         return pa.table(cols)
 
     if policy == "votes":
-        used = pc.is_in(fb, pa.array(["like", "dislike"]))
-        likes = pc.cast(pc.equal(fb, "like"), pa.int64())
-        parts = [side(used, "image_uri", "image_sha256", like=likes, dislike=pc.subtract(one, likes))]
+        likes, dislikes = pc.equal(fb, "like"), pc.equal(fb, "dislike")
+        used = pc.or_(likes, dislikes)
+        parts = [side(used, "image_uri", "image_sha256", like=likes, dislike=dislikes)]
     elif policy == "pairwise":
         wins = pc.equal(fb, "pairwise")
         ties = pc.equal(fb, "pairwise_tie")
         used = pc.or_(wins, ties)
         parts = [
-            side(wins, "image_uri", "image_sha256", win=one),
-            side(wins, "other_image_uri", "other_image_sha256", loss=one),
-            side(ties, "image_uri", "image_sha256", tie=one),
-            side(ties, "other_image_uri", "other_image_sha256", tie=one),
+            side(wins, "image_uri", "image_sha256", win=wins),
+            side(wins, "other_image_uri", "other_image_sha256", loss=wins),
+            side(ties, "image_uri", "image_sha256", tie=ties),
+            side(ties, "other_image_uri", "other_image_sha256", tie=ties),
         ]
     else:
         used = pc.equal(fb, "score")
         parts = [side(used, "image_uri", "image_sha256", score=True)]
-    return pa.concat_tables(parts), pc.fill_null(used, False).to_numpy(zero_copy_only=False)
+    sides = pa.concat_tables(parts, promote_options="default")
+    return sides, pc.fill_null(used, False).to_numpy(zero_copy_only=False)
 
 
 def _sample_ids(agg: pa.Table, labeled: np.ndarray) -> pa.Array:
@@ -232,8 +230,16 @@ def label(config: LabelConfig) -> LabelResult:
     prompt_in_val[hashed] = prompts_in_val(
         groups.prompts.take(pa.array(hashed)), config.val_fraction, config.split_salt
     )
-    rows = np.flatnonzero(labeled)
-    in_val = prompt_in_val[prompt_code[rows]]
+    # Rows in the order they are written, (split, prompt, sample_id): prompts compare by their rank among
+    # the distinct prompts (no prompt last), so the sort compares strings only between images of a prompt.
+    prompt_rank = np.full(len(groups.prompts) + 1, len(groups.prompts), dtype=np.int64)
+    prompt_rank[pc.sort_indices(groups.prompts).to_numpy()] = np.arange(len(groups.prompts))
+    order = pc.sort_indices(
+        pa.table({"prompt": prompt_rank[prompt_code], "sample_id": sample_ids}),
+        sort_keys=[("prompt", "ascending"), ("sample_id", "ascending")],
+    ).to_numpy()
+    order = order[labeled[order]]
+    order_in_val = prompt_in_val[prompt_code[order]]
     samples = pa.table(
         {
             "sample_id": sample_ids,
@@ -249,18 +255,17 @@ def label(config: LabelConfig) -> LabelResult:
             "n_ties": pa.array(ties.astype(np.int64)),
             "score": pa.array(scores, pa.float64(), from_pandas=True),
         }
-    ).take(pa.array(rows))
-    samples = samples.append_column("policy", pa.repeat(pa.scalar(config.policy, pa.string()), len(rows)))
-    samples = samples.append_column("split", pc.if_else(pa.array(in_val), "val", "train")).cast(
-        SAMPLES_SCHEMA
     )
-    # Rows ordered by (split, prompt, sample_id): a stable sort on (prompt, sample_id), then split apart.
-    order = pc.sort_indices(
-        samples, sort_keys=[("prompt", "ascending"), ("sample_id", "ascending")]
-    ).to_numpy()
-    order_in_val = in_val[order]
-    train = samples.take(pa.array(order[~order_in_val]))
-    val = samples.take(pa.array(order[order_in_val]))
+
+    def split_table(rows: np.ndarray, split: str) -> pa.Table:
+        part = samples.take(pa.array(rows))
+        part = part.append_column("policy", pa.repeat(pa.scalar(config.policy, pa.string()), len(rows)))
+        return part.append_column("split", pa.repeat(pa.scalar(split, pa.string()), len(rows))).cast(
+            SAMPLES_SCHEMA
+        )
+
+    train_rows, val_rows = order[~order_in_val], order[order_in_val]
+    train, val = split_table(train_rows, "train"), split_table(val_rows, "val")
 
     def counts(t: pa.Table) -> dict[str, int]:
         d = int(pc.sum(t.column("desirable")).as_py() or 0)
@@ -294,8 +299,8 @@ def label(config: LabelConfig) -> LabelResult:
         "thresholds": thresholds,
         "events_read": n_events_in,
         "images_considered": len(agg),
-        "train_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[~in_val]]) >= 0)),
-        "val_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[in_val]]) >= 0)),
+        "train_prompts": int(np.count_nonzero(np.unique(prompt_code[train_rows]) >= 0)),
+        "val_prompts": int(np.count_nonzero(np.unique(prompt_code[val_rows]) >= 0)),
         "val_fraction": config.val_fraction,
         "split_salt": config.split_salt,
         "max_images_per_prompt": config.max_images_per_prompt,
