@@ -12,6 +12,7 @@ production pointing at an unverified model or rollback pointing at the wrong one
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -122,13 +123,35 @@ def lineage_tags(config: RegisterConfig) -> dict[str, str]:
     return out
 
 
+def registration_key(config: RegisterConfig, decision: dict[str, Any] | None) -> str:
+    """What makes two registrations the same one: the pipeline run, the candidate's URI and its decision.
+
+    A retried register step (pipelines retry steps) or a create the MLflow client resent computes the same
+    key, so it finds the version already made instead of adding one; the registry adds the files' digest,
+    so files rewritten in place under the same key still become a new version. Timestamps the step adds
+    (``registered_at``) and free-form tags are deliberately not part of it.
+    """
+    decision_digest = None
+    if decision is not None:
+        canonical = json.dumps(decision, sort_keys=True, separators=(",", ":"), default=str)
+        decision_digest = hashlib.sha256(canonical.encode()).hexdigest()
+    identity = {
+        "pipeline_run_id": config.run_id(),
+        "candidate_model": _absolute(config.candidate_model),
+        "decision_sha256": decision_digest,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) -> RegisterResult:
-    """Upload and register the candidate, tagged with lineage and the gate verdict; set ``candidate``."""
+    """Upload and register the candidate (once per registration key), tagged with lineage and the gate
+    verdict; set ``candidate``."""
     if not config.candidate_model:
         raise RegistryError("candidate_model is empty: give the trained model directory to register")
     tags = lineage_tags(config)
     reasons: list[str] = []
     gate = "unevaluated"
+    decision: dict[str, Any] | None = None
     if config.decision:
         decision = load_decision(config.decision)
         tags.update(gate_tags(decision, config.decision))
@@ -143,16 +166,23 @@ def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) ->
         config.candidate_model,
         tags,
         chunk_size=config.upload_chunk_size_mib * 1024 * 1024,
+        registration_key=registration_key(config, decision),
     )
     registry.set_alias(config.model_name, CANDIDATE, version.version)
-    telemetry.counter("registrations_total", "Model versions registered", ("gate",)).labels(gate).inc()
+    if version.reused:
+        telemetry.counter(
+            "registrations_reused_total", "Registrations that found the candidate already registered"
+        ).inc()
+    else:
+        telemetry.counter("registrations_total", "Model versions registered", ("gate",)).labels(gate).inc()
+        if gate == "rejected":
+            telemetry.counter("rejections_total", "Candidates registered with a failing gate").inc()
     telemetry.gauge("register_seconds", "Time to upload, verify and register the candidate").set(
         time.monotonic() - started
     )
-    if gate == "rejected":
-        telemetry.counter("rejections_total", "Candidates registered with a failing gate").inc()
     log.info(
-        "registered %s version %s (gate=%s) from %s; files at %s",
+        "%s %s version %s (gate=%s) from %s; files at %s",
+        "found already registered" if version.reused else "registered",
         config.model_name,
         version.version,
         gate,
@@ -166,6 +196,7 @@ def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) ->
         gate=gate,  # type: ignore[arg-type]
         reasons=reasons,
         tags=version.tags,
+        already_registered=version.reused,
     )
 
 

@@ -21,12 +21,22 @@ embedded SQLite store and on a server's database alike. A lock left by a crashed
 time-to-live) is broken by *renaming* it to ``<lock>.stale-<owner token>``; that rename is itself unique
 per observed owner, so two runs breaking the same stale lock cannot both succeed, and neither can rename
 a fresh lock taken in between (its target name already exists).
+
+Why registration is idempotent: MLflow's HTTP client retries every request, POSTs included, on 5xx and
+dropped connections, and pipelines retry whole steps. A create whose answer was lost is therefore sent
+again, and without a key each copy becomes a new version. ``register_version(..., registration_key=...)``
+tags the version with the caller's key and a digest of the files, looks for a version with both before
+uploading anything, looks again when the create itself failed (it may have committed), and after a create
+keeps only the lowest-numbered version carrying them: a version number is assigned inside the create's
+transaction, so the lowest one committed first and every later creator sees it, and each creator deletes
+the higher duplicates (never one that has an alias). All creators of one key thus return the same version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -50,6 +60,9 @@ CANDIDATE = "candidate"
 LOCK_SUFFIX = ".promotion-lock"
 MODEL_SUBDIR = "model"
 MANIFEST_FILE = "dkto_manifest.json"
+REGISTRATION_KEY_TAG = "registration_key"
+FILES_DIGEST_TAG = "files_digest"
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,250}$")
 
 
 class RegistryError(RuntimeError):
@@ -76,6 +89,9 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None
     created_at_ms: int | None = None
+    reused: bool = False
+    """True when ``register_version`` returned a version registered earlier under the same registration
+    key (a retried step, or a concurrent registration of the same candidate) instead of creating one."""
 
 
 @dataclass
@@ -104,9 +120,19 @@ class Registry(Protocol):
     """What promotion needs from a model registry (MLflow today; Kubeflow Model Registry fits too)."""
 
     def register_version(
-        self, name: str, model_uri: str, tags: dict[str, str], *, chunk_size: int | None = None
+        self,
+        name: str,
+        model_uri: str,
+        tags: dict[str, str],
+        *,
+        chunk_size: int | None = None,
+        registration_key: str | None = None,
     ) -> ModelVersion:
-        """Upload ``model_uri``'s files (verified), then create a new version of ``name`` with ``tags``."""
+        """Upload ``model_uri``'s files (verified), then create a new version of ``name`` with ``tags``.
+
+        With ``registration_key``, a version of ``name`` registered under the same key with the same files
+        is returned (``reused=True``) instead of creating another, also when a create is retried.
+        """
         ...
 
     def get_version(self, name: str, version: str) -> ModelVersion:
@@ -180,6 +206,11 @@ def _is_already_exists(err: Exception) -> bool:
 def _is_not_found(err: Exception) -> bool:
     code = str(getattr(err, "error_code", ""))
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(err).lower()
+
+
+def files_digest(manifest: dict[str, dict[str, Any]]) -> str:
+    """sha256 of a ``storage.file_manifest`` (every file's path, size and CRC32C): the files' identity."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _is_busy(err: Exception) -> bool:
@@ -275,7 +306,16 @@ class MlflowRegistry:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version`` (a single row write in MLflow's store)."""
-        self._retry(self.client.set_registered_model_alias, name, alias, str(version))
+        for attempt in range(3):
+            try:
+                self._retry(self.client.set_registered_model_alias, name, alias, str(version))
+                return
+            except Exception as err:
+                # MLflow's SQL store sets an alias by read-then-insert: two concurrent first sets of one
+                # alias both insert and one hits the UNIQUE key. Again, it finds the row and updates it.
+                duplicate_insert = "UNIQUE constraint" in str(err) or "IntegrityError" in str(err)
+                if not duplicate_insert or attempt == 2:
+                    raise
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``alias``; missing is not an error."""
@@ -316,13 +356,23 @@ class MlflowRegistry:
             return str(self._retry(self.client.get_experiment_by_name, exp_name).experiment_id)
 
     def register_version(
-        self, name: str, model_uri: str, tags: dict[str, str], *, chunk_size: int | None = None
+        self,
+        name: str,
+        model_uri: str,
+        tags: dict[str, str],
+        *,
+        chunk_size: int | None = None,
+        registration_key: str | None = None,
     ) -> ModelVersion:
         """Upload the model directory into a new MLflow run, verify it, then create the version.
 
         The order is the guarantee: the version row is created only after every file is verified
         against the manifest taken before the upload, so a failed or interrupted upload leaves a FAILED
         run with partial files (cleaned up where possible) and no version pointing at them.
+
+        With ``registration_key`` (letters, digits and ``._:-``) the call is idempotent for that key and
+        these files: see the module docstring. The version (and its run) carry the key and the files'
+        digest as tags ``registration_key`` and ``files_digest``.
         """
         local = storage.local_dir(model_uri)
         if not local.is_dir():
@@ -330,11 +380,34 @@ class MlflowRegistry:
         manifest = storage.file_manifest(local)
         if not manifest:
             raise RegistryError(f"model_uri={model_uri!r}: the directory has no files to register")
+        key_tags: dict[str, str] = {}
+        if registration_key is not None:
+            if not _KEY_PATTERN.match(registration_key):
+                raise RegistryError(
+                    f"registration_key={registration_key!r}: use 1-250 letters, digits, '.', '_', ':' or '-' "
+                    "(a hash of what identifies the registration)"
+                )
+            key_tags = {REGISTRATION_KEY_TAG: registration_key, FILES_DIGEST_TAG: files_digest(manifest)}
+            existing = self._registered_with(name, key_tags)
+            if existing:
+                log.info(
+                    "%s version %s is already registered under key %s with these files; not registering "
+                    "%s again",
+                    name,
+                    existing[0].version,
+                    registration_key,
+                    model_uri,
+                )
+                return self._keep_first(name, key_tags, existing, created_run=None)
         self._ensure_model(name)
         run = self._retry(
             self.client.create_run,
             self._experiment_id(name),
-            tags={**{f"dkto.{k}": str(v) for k, v in tags.items()}, "dkto.model_uri": model_uri},
+            tags={
+                **{f"dkto.{k}": str(v) for k, v in tags.items()},
+                "dkto.model_uri": model_uri,
+                **{f"dkto.{k}": v for k, v in key_tags.items()},
+            },
             run_name=f"register-{name}",
         )
         run_id = run.info.run_id
@@ -354,16 +427,91 @@ class MlflowRegistry:
             "model_uri": model_uri,
             "files_count": str(len(manifest)),
             "files_bytes": str(sum(int(m["size"]) for m in manifest.values())),
+            **key_tags,
         }
-        mv = self._retry(
-            self.client.create_model_version,
-            name,
-            source=f"runs:/{run_id}/{MODEL_SUBDIR}",
-            run_id=run_id,
-            tags=version_tags,
-        )
+        try:
+            mv = self._retry(
+                self.client.create_model_version,
+                name,
+                source=f"runs:/{run_id}/{MODEL_SUBDIR}",
+                run_id=run_id,
+                tags=version_tags,
+            )
+        except Exception as err:
+            # The create may have committed and only its answer was lost (the client's retries then failed
+            # too, or answered 5xx): the key finds that version.
+            committed = self._registered_with(name, key_tags) if key_tags else []
+            if not committed:
+                raise
+            log.warning(
+                "creating %s version from run %s failed (%s), but a version under key %s exists: using it",
+                name,
+                run_id,
+                err,
+                registration_key,
+            )
+        else:
+            if not key_tags:
+                self._retry(self.client.set_terminated, run_id, "FINISHED")
+                return self._to_version(mv)
+            committed = self._registered_with(name, key_tags) or [self._to_version(mv)]
         self._retry(self.client.set_terminated, run_id, "FINISHED")
-        return self._to_version(mv)
+        return self._keep_first(name, key_tags, committed, created_run=run_id)
+
+    def _registered_with(self, name: str, key_tags: dict[str, str]) -> list[ModelVersion]:
+        """Versions of ``name`` carrying exactly these tags, lowest version first ([] if none)."""
+        clauses = " and ".join(f"tags.{k} = '{v}'" for k, v in sorted(key_tags.items()))
+        try:
+            found = self._retry(self.client.search_model_versions, f"name = '{name}' and {clauses}")
+        except Exception as err:
+            if _is_not_found(err):
+                return []
+            raise
+        return sorted((self._to_version(mv) for mv in found), key=lambda v: int(v.version))
+
+    def _keep_first(
+        self, name: str, key_tags: dict[str, str], found: list[ModelVersion], *, created_run: str | None
+    ) -> ModelVersion:
+        """Keep the lowest version of one registration key, delete the later duplicates, return the kept one.
+
+        Later duplicates come from a retried create (same run) or a concurrent registration of the same
+        candidate (another run, whose files stay under that run). One that already has an alias is kept
+        and logged: something points at it, so removing it is not this call's decision.
+        """
+        keep, duplicates = found[0], found[1:]
+        aliases = self.aliases(name) if duplicates else {}
+        aliased = set(aliases.values())
+        removed: list[str] = []
+        for dup in duplicates:
+            if dup.version in aliased:
+                log.warning(
+                    "%s version %s duplicates version %s (key %s) but has an alias; kept",
+                    name,
+                    dup.version,
+                    keep.version,
+                    key_tags[REGISTRATION_KEY_TAG],
+                )
+                continue
+            try:
+                self._retry(self.client.delete_model_version, name, dup.version)
+            except Exception as err:
+                # Another creator of the same key removed it first (or our retried DELETE committed twice).
+                if not _is_not_found(err):
+                    raise
+            removed.append(dup.version)
+        if removed:
+            log.warning(
+                "%s: removed %d duplicate version(s) %s of registration key %s (a retried or concurrent "
+                "create); kept version %s",
+                name,
+                len(removed),
+                ", ".join(removed),
+                key_tags[REGISTRATION_KEY_TAG],
+                keep.version,
+            )
+        kept = self.get_version(name, keep.version)
+        kept.reused = created_run is None or kept.run_id != created_run
+        return kept
 
     def _upload(
         self,

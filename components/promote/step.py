@@ -4,6 +4,8 @@ Three entry points, each a plain function over a typed config:
 
 - ``register_candidate(RegisterConfig)`` always registers the candidate (files uploaded and verified first),
   tagged with its lineage and the gate's verdict, so a rejected model stays visible with its reasons.
+  It is idempotent: the same pipeline run's candidate (model URI, decision.json and files) registered again,
+  by a retried step or a resent create, returns the version already made.
 - ``promote(PromoteConfig)`` registers (unless a version is given), then moves ``production`` with a
   compare-and-set: only if ``production`` still points at the version the gate compared against
   (``decision.json``'s ``baseline_version``). ``run`` is the same function, for the KFP component.
@@ -170,6 +172,11 @@ class RegisterResult(BaseModel):
     gate: Literal["passed", "rejected", "unevaluated"]
     reasons: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
+    already_registered: bool = Field(
+        False,
+        description="True when this candidate (same pipeline run, model URI, decision and files) was "
+        "registered before, e.g. by a retried step, and that version was returned instead of a new one.",
+    )
 
 
 class PromoteResult(BaseModel):

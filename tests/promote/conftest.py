@@ -6,15 +6,18 @@ independent by using a fresh model name each.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,115 @@ def make_model():
 def make_decision():
     """``make_decision(path, passed=..., baseline_version=...)`` writes a decision.json."""
     return write_decision
+
+
+class LossyProxy:
+    """A real HTTP proxy in front of a real MLflow server that loses the answers to chosen requests.
+
+    ``lose(path, *actions)`` queues what happens to the next requests to ``path``, one action each:
+    ``"drop"`` forwards the request (the server commits it) and then closes the connection without an
+    answer; ``"503"`` forwards it and answers 503 instead of the server's reply; ``"refuse"`` answers 503
+    without forwarding. Further requests, and every other path, are forwarded untouched. ``before``
+    runs a function just before the next request to a path is forwarded (to let another client act in
+    the gap a lost answer opens). ``forwarded`` records (method, path, status) of what reached the server.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.actions: dict[str, list[str]] = {}
+        self.hooks: dict[str, list[Callable[[], None]]] = {}
+        self.forwarded: list[tuple[str, str, int]] = []
+        self.guard = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                path = self.path.split("?")[0]
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.guard:
+                    queue = proxy.actions.get(path) or []
+                    action = queue.pop(0) if queue else "forward"
+                    hooks = proxy.hooks.get(path) or []
+                    hook = hooks.pop(0) if hooks and action != "refuse" else None
+                if hook is not None:
+                    hook()
+                if action == "refuse":
+                    self._answer(503, {}, b"")
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                with proxy.guard:
+                    proxy.forwarded.append((self.command, path, resp.status))
+                if action == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if action == "503":
+                    self._answer(503, {}, b"")
+                    return
+                self._answer(resp.status, dict(resp.getheaders()), data)
+
+            def _answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in (
+                        "transfer-encoding",
+                        "connection",
+                        "content-length",
+                        "date",
+                        "server",
+                    ):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def lose(self, path: str, *actions: str) -> None:
+        """Queue ``actions`` (drop | 503 | refuse) for the next requests to ``path``."""
+        with self.guard:
+            self.actions.setdefault(path, []).extend(actions)
+
+    def before(self, path: str, hook: Callable[[], None]) -> None:
+        """Run ``hook`` just before the next request to ``path`` is forwarded."""
+        with self.guard:
+            self.hooks.setdefault(path, []).append(hook)
+
+    def count(self, method: str, path: str) -> int:
+        """How many ``method path`` requests reached the server."""
+        with self.guard:
+            return sum(1 for m, p, _ in self.forwarded if (m, p) == (method, path))
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def lossy_proxy(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LossyProxy]:
+    """A ``LossyProxy`` in front of the session's MLflow server; the client retries without waiting."""
+    # MLflow's own defaults back off for up to minutes; the retry behaviour under test is the same.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    proxy = LossyProxy(mlflow_server)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
