@@ -3,11 +3,13 @@
 A checkpoint is ``<checkpoint_dir>/checkpoint-<step:08d>/``: accelerate's ``save_state`` (model,
 optimizer, LR scheduler, EMA, and the python / numpy / torch / CUDA RNG states of every process) plus
 ``trainer_state.json`` (optimizer step, micro-step = the sampler's position, config and data hashes) and
-a ``COMPLETE`` marker written last. A LoRA run (:func:`keep_only_trainable_weights`) saves only the
-trainable tensors of the UNet (``trainable_weights.safetensors``, the adapter): the frozen base is the
-pretrained model the run names, reloaded on resume (3.4 GB for SD v1.5 against tens of MB). Locally it is written into a temp directory and renamed into place;
+a ``COMPLETE`` marker written last. Locally it is written into a temp directory and renamed into place;
 on gs:// (no rename) the marker is uploaded after every other file, and a checkpoint without it is
 ignored. Resuming restores all of it, so a resumed run continues exactly as an uninterrupted one.
+
+A LoRA run (:func:`keep_only_trainable_weights`) saves only the UNet's trainable tensors, the adapter
+(``trainable_weights.safetensors``), not the frozen base under it, which is the pretrained model the run
+names and is reloaded from there on resume: tens of MB instead of 3.4 GB for SD v1.5.
 """
 
 from __future__ import annotations
@@ -133,8 +135,11 @@ def load_checkpoint(accelerator: Any, uri: str, *, use_lora: bool | None = None)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of ``model`` that training changes: its parameters with ``requires_grad``, by name."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    """The tensors of ``model`` that training may change, by name: parameters with ``requires_grad``, and
+    buffers (running statistics would change; SD/SDXL UNets have none, GroupNorm keeps no statistics)."""
+    state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    state.update({name: b.detach() for name, b in model.named_buffers()})
+    return state
 
 
 def keep_only_trainable_weights(accelerator: Any, model: torch.nn.Module) -> None:
@@ -142,11 +147,10 @@ def keep_only_trainable_weights(accelerator: Any, model: torch.nn.Module) -> Non
 
     ``model`` is the unwrapped module given to ``accelerator.prepare``. Its frozen parameters (the base UNet
     under a LoRA adapter) are not written: on resume they come from the pretrained model again, exactly
-    as at the start of the run. The UNet has no buffers that training changes (GroupNorm/LayerNorm keep no
-    running statistics), so the trainable parameters, the optimizer, the scheduler and the RNG states are
-    the whole of what a resumed run needs to continue bit for bit. Same hook pattern as diffusers' LoRA
-    training scripts (``register_save_state_pre_hook``). A checkpoint written before this existed (the
-    whole UNet in ``model.safetensors``) still loads, through accelerate's own path.
+    as at the start of the run, so :func:`trainable_state`, the optimizer, the scheduler and the RNG
+    states are the whole of what a resumed run needs to continue bit for bit. Same hook pattern as
+    diffusers' LoRA training scripts (``register_save_state_pre_hook``). A checkpoint written before this
+    existed (the whole UNet in ``model.safetensors``) still loads, through accelerate's own path.
     """
     from accelerate.utils import extract_model_from_parallel
 
@@ -176,7 +180,6 @@ def keep_only_trainable_weights(accelerator: Any, model: torch.nn.Module) -> Non
         # ``models`` is load_state's list of what it will load next: ours is restored here instead.
         models.pop(index)
         saved = load_file(str(path))
-        params = dict(model.named_parameters())
         expected = set(trainable_state(model))
         if set(saved) != expected:
             missing, extra = sorted(expected - set(saved)), sorted(set(saved) - expected)
@@ -185,14 +188,16 @@ def keep_only_trainable_weights(accelerator: Any, model: torch.nn.Module) -> Non
                 f"e.g. {missing[:3]}; unexpected {len(extra)}, e.g. {extra[:3]}); resume with the same "
                 "use_lora, lora_rank and lora_target_modules the checkpoint was written with"
             )
+        current = trainable_state(model)
+        for name, value in saved.items():
+            if current[name].shape != value.shape:
+                raise ValueError(
+                    f"{path}: tensor {name!r} has shape {tuple(value.shape)}, this run's "
+                    f"{tuple(current[name].shape)}; resume with the same lora_rank the checkpoint was written with"
+                )
         with torch.no_grad():
             for name, value in saved.items():
-                if params[name].shape != value.shape:
-                    raise ValueError(
-                        f"{path}: tensor {name!r} has shape {tuple(value.shape)}, this run's parameter "
-                        f"{tuple(params[name].shape)}; resume with the same lora_rank"
-                    )
-                params[name].copy_(value)
+                current[name].copy_(value)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

@@ -269,6 +269,9 @@ def test_unpaired_reference_point_two_processes_batch_2_equal_one_process_batch_
     # z (mean over the logging interval, all steps here) is all-reduced, so both ranks report the same;
     # it must be non-zero for the comparison to test the pairing at all.
     assert single.reference_point is not None and single.reference_point > 0
+    print(
+        f"unpaired z: 2x2 {figures0['reference_point']!r} / {figures1['reference_point']!r}, 1x4 {single.reference_point!r}"
+    )
     for figures in (figures0, figures1):
         assert figures["steps"] == 3
         # float32 sums in another order (gloo all-reduce of per-rank sums vs one sum over 4), on weights
