@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -102,24 +103,30 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
     return sides, pc.fill_null(used, False).to_numpy(zero_copy_only=False)
 
 
-def _sample_ids(agg: pa.Table, labeled: np.ndarray) -> pa.Array:
-    """Stable id of each image: its SHA-256 where known, else the sha256 of its URI.
+def _sample_ids(agg: pa.Table, rows: np.ndarray) -> pa.Array:
+    """Stable id of each image in ``rows``: its SHA-256 where known, else the sha256 of its URI.
 
-    The URI is hashed only for images that get a label (dropped images never appear in train/val);
-    one hashlib call per image is the cost here.
+    Only labeled images are passed (dropped images never appear in train/val); one hashlib call per image
+    whose hash is unknown is the cost here.
     """
-    sample_ids = agg.column("image_sha256_min").combine_chunks()
-    if sample_ids.null_count < len(sample_ids) and pc.any(pc.equal(sample_ids, "")).as_py():
-        sample_ids = pc.if_else(pc.equal(sample_ids, ""), pa.scalar(None, pa.string()), sample_ids)
-    need = np.flatnonzero(labeled & pc.is_null(sample_ids).to_numpy(zero_copy_only=False))
+    shas = agg.column("image_sha256_min")
+    if shas.null_count == len(shas):
+        ids = pa.nulls(len(rows), pa.string())
+    else:
+        ids = shas.take(pa.array(rows)).combine_chunks()
+        if pc.any(pc.equal(ids, "")).as_py():
+            ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
+    need = np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))
     if not len(need):
-        return sample_ids
+        return ids
     sha256 = hashlib.sha256
-    uris = pc.cast(agg.column("image_uri_min").take(pa.array(need)), pa.binary()).to_pylist()
-    index = np.full(len(agg), -1, dtype=np.int64)
-    index[need] = np.arange(len(need))
+    uris = pc.cast(agg.column("image_uri_min").take(pa.array(rows[need])), pa.binary()).to_pylist()
     hashed = pa.array([sha256(u).hexdigest() for u in uris], pa.string())
-    return pc.coalesce(sample_ids, hashed.take(pa.array(index, mask=index < 0)))
+    if len(need) == len(rows):
+        return hashed
+    index = np.full(len(rows), -1, dtype=np.int64)
+    index[need] = np.arange(len(need))
+    return pc.coalesce(ids, hashed.take(pa.array(index, mask=index < 0)))
 
 
 def label(config: LabelConfig) -> LabelResult:
@@ -193,17 +200,18 @@ def label(config: LabelConfig) -> LabelResult:
 
     n_events = agg.column("key_count").to_numpy()
     labeled = reason == ""
-    sample_ids = _sample_ids(agg, labeled)
-    if config.max_images_per_prompt is not None and labeled.any():
-        idx = np.flatnonzero(labeled)
+    rows = np.flatnonzero(labeled)
+    sample_ids = _sample_ids(agg, rows)
+    if config.max_images_per_prompt is not None and len(rows):
         keep = cap_per_prompt(
-            agg.column("prompt").take(pa.array(idx)),
-            n_events[idx],
-            sample_ids.take(pa.array(idx)),
+            agg.column("prompt").take(pa.array(rows)),
+            n_events[rows],
+            sample_ids,
             config.max_images_per_prompt,
         )
-        reason[idx[~keep]] = "images_over_max_per_prompt"
+        reason[rows[~keep]] = "images_over_max_per_prompt"
         labeled = reason == ""
+        rows, sample_ids = rows[keep], sample_ids.filter(pa.array(keep))
     agg_view = pa.table(
         {
             "prompt": agg.column("prompt"),
@@ -227,22 +235,23 @@ def label(config: LabelConfig) -> LabelResult:
         np.bincount(prompt_code[labeled & (prompt_code >= 0)], minlength=len(groups.prompts))
     )
     prompt_in_val = np.zeros(len(groups.prompts) + 1, dtype=bool)  # the extra last entry: no prompt
-    prompt_in_val[hashed] = prompts_in_val(
-        groups.prompts.take(pa.array(hashed)), config.val_fraction, config.split_salt
-    )
-    # Rows in the order they are written, (split, prompt, sample_id): prompts compare by their rank among
-    # the distinct prompts (no prompt last), so the sort compares strings only between images of a prompt.
-    prompt_rank = np.full(len(groups.prompts) + 1, len(groups.prompts), dtype=np.int64)
-    prompt_rank[pc.sort_indices(groups.prompts).to_numpy()] = np.arange(len(groups.prompts))
-    order = pc.sort_indices(
-        pa.table({"prompt": prompt_rank[prompt_code], "sample_id": sample_ids}),
-        sort_keys=[("prompt", "ascending"), ("sample_id", "ascending")],
-    ).to_numpy()
-    order = order[labeled[order]]
-    order_in_val = prompt_in_val[prompt_code[order]]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # hashlib holds the GIL and Arrow's sort does not: hash the prompts while the rows are sorted.
+        split = pool.submit(
+            prompts_in_val, groups.prompts.take(pa.array(hashed)), config.val_fraction, config.split_salt
+        )
+        # Rows in the order they are written, (split, prompt, sample_id): prompts compare by their rank
+        # among the distinct prompts (no prompt last), so only images of one prompt compare sample ids.
+        prompt_rank = np.full(len(groups.prompts) + 1, len(groups.prompts), dtype=np.int64)
+        prompt_rank[pc.sort_indices(groups.prompts).to_numpy()] = np.arange(len(groups.prompts))
+        order = pc.sort_indices(
+            pa.table({"prompt": prompt_rank[prompt_code[rows]], "sample_id": sample_ids}),
+            sort_keys=[("prompt", "ascending"), ("sample_id", "ascending")],
+        ).to_numpy()
+        prompt_in_val[hashed] = split.result()
+    order_in_val = prompt_in_val[prompt_code[rows[order]]]
     samples = pa.table(
         {
-            "sample_id": sample_ids,
             "prompt": agg.column("prompt"),
             "image_uri": agg.column("image_uri_min"),
             "image_sha256": agg.column("image_sha256_min"),
@@ -257,15 +266,17 @@ def label(config: LabelConfig) -> LabelResult:
         }
     )
 
-    def split_table(rows: np.ndarray, split: str) -> pa.Table:
-        part = samples.take(pa.array(rows))
-        part = part.append_column("policy", pa.repeat(pa.scalar(config.policy, pa.string()), len(rows)))
-        return part.append_column("split", pa.repeat(pa.scalar(split, pa.string()), len(rows))).cast(
+    def split_table(picked: np.ndarray, split: str) -> pa.Table:
+        """The labeled images at positions ``picked`` of ``rows``, as one split's table."""
+        part = samples.take(pa.array(rows[picked]))
+        part = part.add_column(0, "sample_id", sample_ids.take(pa.array(picked)))
+        part = part.append_column("policy", pa.repeat(pa.scalar(config.policy, pa.string()), len(picked)))
+        return part.append_column("split", pa.repeat(pa.scalar(split, pa.string()), len(picked))).cast(
             SAMPLES_SCHEMA
         )
 
-    train_rows, val_rows = order[~order_in_val], order[order_in_val]
-    train, val = split_table(train_rows, "train"), split_table(val_rows, "val")
+    train_picked, val_picked = order[~order_in_val], order[order_in_val]
+    train, val = split_table(train_picked, "train"), split_table(val_picked, "val")
 
     def counts(t: pa.Table) -> dict[str, int]:
         d = int(pc.sum(t.column("desirable")).as_py() or 0)
@@ -299,8 +310,8 @@ def label(config: LabelConfig) -> LabelResult:
         "thresholds": thresholds,
         "events_read": n_events_in,
         "images_considered": len(agg),
-        "train_prompts": int(np.count_nonzero(np.unique(prompt_code[train_rows]) >= 0)),
-        "val_prompts": int(np.count_nonzero(np.unique(prompt_code[val_rows]) >= 0)),
+        "train_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[train_picked]]) >= 0)),
+        "val_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[val_picked]]) >= 0)),
         "val_fraction": config.val_fraction,
         "split_salt": config.split_salt,
         "max_images_per_prompt": config.max_images_per_prompt,
@@ -308,8 +319,11 @@ def label(config: LabelConfig) -> LabelResult:
         "warnings": warnings,
         "config_hash": config.config_hash(),
     }
-    storage.write_parquet(train, train_uri)
-    storage.write_parquet(val, val_uri)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Parquet encoding releases the GIL: the two splits are written side by side.
+        val_written = pool.submit(storage.write_parquet, val, val_uri)
+        storage.write_parquet(train, train_uri)
+        val_written.result()
     storage.write_json(stats_uri, stats)
     storage.write_text(card_uri, render_data_card(stats, examples))
 
