@@ -20,7 +20,9 @@ so of two concurrent creates exactly one commits and the other gets ``RESOURCE_A
 embedded SQLite store and on a server's database alike. A lock left by a crashed run (older than its
 time-to-live) is broken by *renaming* it to ``<lock>.stale-<owner token>``; that rename is itself unique
 per observed owner, so two runs breaking the same stale lock cannot both succeed, and neither can rename
-a fresh lock taken in between (its target name already exists).
+a fresh lock taken in between (its target name already exists). Release is a rename to
+``<lock>.released-<owner token>`` and then a delete of that, for the same reason: a resent request must
+never act on a lock taken by the next run in the meantime (see ``_release``).
 
 Why registration is idempotent: MLflow's HTTP client retries every request, POSTs included, on 5xx and
 dropped connections, and pipelines retry whole steps. A create whose answer was lost is therefore sent
@@ -619,13 +621,14 @@ class MlflowRegistry:
                 )
                 break
             except Exception as err:
-                if not (_is_already_exists(err) or _is_busy(err)):
+                contended = _is_already_exists(err) or _is_busy(err)
+                holder = self._lock_holder(lock_name)
+                if holder is not None and holder.get("owner") == token:
+                    # Our create committed but its answer was lost: MLflow's HTTP client resent the POST and
+                    # saw our own lock, or its retries ran out. The token is ours alone, so the lock is ours.
+                    break
+                if not contended:
                     raise
-            holder = self._lock_holder(lock_name)
-            if holder is not None and holder.get("owner") == token:
-                # Our create committed but its answer was lost; MLflow's HTTP client retries POSTs on
-                # 5xx, and the retry saw our own lock. It is ours.
-                break
             if holder is not None:
                 age = now - float(holder.get("acquired_at", now))
                 if age > float(holder.get("ttl_s", ttl_s)):
@@ -668,13 +671,30 @@ class MlflowRegistry:
         if holder is None or holder.get("owner") != lease.owner:
             log.error("promotion lock %s was taken over before release; leaving it alone", lease.lock_name)
             return
-        # Nobody can take a lock that exists, so between the owner check and the delete only a breaker could
-        # act, and only if we overran the TTL at this very moment (TTL is minutes, this gap milliseconds).
+        # Release by renaming to a name only this lease uses, then deleting that. A DELETE of the lock's
+        # own name is not safe: if it commits and its answer is lost, the next run can take the lock before
+        # MLflow's client resends the DELETE, which then removes *that* run's lock. A resent rename cannot:
+        # its target already exists, so it fails. Between the owner check and the rename only a breaker
+        # could act, and only if we overran the TTL at this very moment (minutes against milliseconds).
+        released = f"{lease.lock_name}.released-{lease.owner}"
         try:
-            self._retry(self.client.delete_registered_model, lease.lock_name)
+            self._retry(self.client.rename_registered_model, lease.lock_name, released)
+        except Exception:
+            mine = self._lock_holder(released)
+            if mine is None or mine.get("owner") != lease.owner:
+                now_held = self._lock_holder(lease.lock_name)
+                if now_held is not None and now_held.get("owner") == lease.owner:
+                    raise
+                log.error(
+                    "promotion lock %s was taken over before release; leaving it alone", lease.lock_name
+                )
+                return
+            # The first rename committed; the resend found the name taken (by our own released lock, or by
+            # the next run's lock, which it left alone).
+        try:
+            self._retry(self.client.delete_registered_model, released)
         except Exception as err:
-            # A retried DELETE whose first attempt committed (the client retries on 5xx) finds nothing:
-            # the lock is gone, which is what releasing wanted.
+            # A resent DELETE whose first attempt committed finds nothing; the name is ours alone.
             if not _is_not_found(err):
                 raise
 

@@ -178,15 +178,15 @@ class LossyProxy:
     ``lose(path, *actions)`` queues what happens to the next requests to ``path``, one action each:
     ``"drop"`` forwards the request (the server commits it) and then closes the connection without an
     answer; ``"503"`` forwards it and answers 503 instead of the server's reply; ``"refuse"`` answers 503
-    without forwarding. Further requests, and every other path, are forwarded untouched. ``before``
-    runs a function just before the next request to a path is forwarded (to let another client act in
-    the gap a lost answer opens). ``forwarded`` records (method, path, status) of what reached the server.
+    without forwarding. Further requests, and every other path, are forwarded untouched. ``then=``
+    runs a function after a lost request was committed and before its answer is lost, i.e. in the gap
+    before the client's retry, where another client may act. ``forwarded`` records (method, path, status)
+    of what reached the server.
     """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.removeprefix("http://")
-        self.actions: dict[str, list[str]] = {}
-        self.hooks: dict[str, list[Callable[[], None]]] = {}
+        self.actions: dict[str, list[tuple[str, Callable[[], None] | None]]] = {}
         self.forwarded: list[tuple[str, str, int]] = []
         self.guard = threading.Lock()
         proxy = self
@@ -202,11 +202,7 @@ class LossyProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.guard:
                     queue = proxy.actions.get(path) or []
-                    action = queue.pop(0) if queue else "forward"
-                    hooks = proxy.hooks.get(path) or []
-                    hook = hooks.pop(0) if hooks and action != "refuse" else None
-                if hook is not None:
-                    hook()
+                    action, hook = queue.pop(0) if queue else ("forward", None)
                 if action == "refuse":
                     self._answer(503, {}, b"")
                     return
@@ -218,6 +214,8 @@ class LossyProxy:
                 conn.close()
                 with proxy.guard:
                     proxy.forwarded.append((self.command, path, resp.status))
+                if hook is not None:
+                    hook()
                 if action == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -250,15 +248,13 @@ class LossyProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def lose(self, path: str, *actions: str) -> None:
-        """Queue ``actions`` (drop | 503 | refuse) for the next requests to ``path``."""
+    def lose(self, path: str, *actions: str, then: Callable[[], None] | None = None) -> None:
+        """Queue ``actions`` (drop | 503 | refuse) for the next requests to ``path``; ``then`` runs after
+        the first of them reached the server, before its answer is lost."""
         with self.guard:
-            self.actions.setdefault(path, []).extend(actions)
-
-    def before(self, path: str, hook: Callable[[], None]) -> None:
-        """Run ``hook`` just before the next request to ``path`` is forwarded."""
-        with self.guard:
-            self.hooks.setdefault(path, []).append(hook)
+            queue = self.actions.setdefault(path, [])
+            for i, action in enumerate(actions):
+                queue.append((action, then if i == 0 else None))
 
     def count(self, method: str, path: str) -> int:
         """How many ``method path`` requests reached the server."""
