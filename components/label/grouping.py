@@ -154,5 +154,6 @@ def group_images(sides: pa.Table) -> ImageGroups:
         columns["image_sha256_min"] = pa.nulls(n_groups, sha.type)
     else:
         columns["image_sha256_min"] = group_min(*encode(sha), group, n_groups)
-    columns["key_count"] = pa.array(np.bincount(group[key_codes >= 0], minlength=n_groups))
+    keyed = group if key.null_count == 0 else group[key_codes >= 0]
+    columns["key_count"] = pa.array(np.bincount(keyed, minlength=n_groups))
     return ImageGroups(pa.table(columns), group_prompt, prompts)

@@ -11,6 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# pq.read_table imports pyarrow.dataset, and pandas with it, on its first call (~0.15-0.25 s): load them
+# with this module, once, rather than inside the first run() of a process.
+import pyarrow.dataset  # noqa: F401
+import pyarrow.parquet  # noqa: F401
+
 from components.label.datacard import render_data_card
 from components.label.grouping import group_images
 from components.label.policies import class_weights, pairwise_to_binary, score_to_binary, votes_to_binary
@@ -101,6 +106,11 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
         parts = [side(used, "image_uri", "image_sha256", score=True)]
     sides = pa.concat_tables(parts, promote_options="default")
     return sides, pc.fill_null(used, False).to_numpy(zero_copy_only=False)
+
+
+def _distinct(codes: np.ndarray, n_values: int) -> int:
+    """Number of distinct values among ``codes`` (-1, no value, not counted)."""
+    return int(np.count_nonzero(np.bincount(codes[codes >= 0], minlength=n_values)))
 
 
 def _sample_ids(agg: pa.Table, rows: np.ndarray) -> pa.Array:
@@ -231,9 +241,8 @@ def label(config: LabelConfig) -> LabelResult:
 
     # Each distinct prompt is hashed once, and only if one of its images is labeled.
     prompt_code = groups.prompt_code
-    hashed = np.flatnonzero(
-        np.bincount(prompt_code[labeled & (prompt_code >= 0)], minlength=len(groups.prompts))
-    )
+    labeled_prompts = prompt_code[rows]
+    hashed = np.flatnonzero(np.bincount(labeled_prompts[labeled_prompts >= 0], minlength=len(groups.prompts)))
     prompt_in_val = np.zeros(len(groups.prompts) + 1, dtype=bool)  # the extra last entry: no prompt
     with ThreadPoolExecutor(max_workers=1) as pool:
         # hashlib holds the GIL and Arrow's sort does not: hash the prompts while the rows are sorted.
@@ -310,8 +319,8 @@ def label(config: LabelConfig) -> LabelResult:
         "thresholds": thresholds,
         "events_read": n_events_in,
         "images_considered": len(agg),
-        "train_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[train_picked]]) >= 0)),
-        "val_prompts": int(np.count_nonzero(np.unique(prompt_code[rows[val_picked]]) >= 0)),
+        "train_prompts": _distinct(prompt_code[rows[train_picked]], len(groups.prompts)),
+        "val_prompts": _distinct(prompt_code[rows[val_picked]], len(groups.prompts)),
         "val_fraction": config.val_fraction,
         "split_salt": config.split_salt,
         "max_images_per_prompt": config.max_images_per_prompt,
