@@ -244,15 +244,15 @@ def label(config: LabelConfig) -> LabelResult:
     labeled_prompts = prompt_code[rows]
     hashed = np.flatnonzero(np.bincount(labeled_prompts[labeled_prompts >= 0], minlength=len(groups.prompts)))
     prompt_in_val = np.zeros(len(groups.prompts) + 1, dtype=bool)  # the extra last entry: no prompt
+    # Rows in the order they are written, (split, prompt, sample_id): prompts compare by their rank among
+    # the distinct prompts (no prompt last), so only images of one prompt compare sample ids.
+    prompt_rank = np.full(len(groups.prompts) + 1, len(groups.prompts), dtype=np.int64)
+    prompt_rank[pc.sort_indices(groups.prompts).to_numpy()] = np.arange(len(groups.prompts))
     with ThreadPoolExecutor(max_workers=1) as pool:
         # hashlib holds the GIL and Arrow's sort does not: hash the prompts while the rows are sorted.
         split = pool.submit(
             prompts_in_val, groups.prompts.take(pa.array(hashed)), config.val_fraction, config.split_salt
         )
-        # Rows in the order they are written, (split, prompt, sample_id): prompts compare by their rank
-        # among the distinct prompts (no prompt last), so only images of one prompt compare sample ids.
-        prompt_rank = np.full(len(groups.prompts) + 1, len(groups.prompts), dtype=np.int64)
-        prompt_rank[pc.sort_indices(groups.prompts).to_numpy()] = np.arange(len(groups.prompts))
         order = pc.sort_indices(
             pa.table({"prompt": prompt_rank[prompt_code[rows]], "sample_id": sample_ids}),
             sort_keys=[("prompt", "ascending"), ("sample_id", "ascending")],
