@@ -53,7 +53,8 @@ def _random_sides(rng: np.random.Generator, case: int) -> pa.Table:
     else:
         choices = [None, None, "", "/img/1é.png"]
         shas = [
-            choices[int(rng.integers(len(choices)))] if rng.random() < 0.8 else f"sha{rng.integers(9)}" for _ in range(n)
+            choices[int(rng.integers(len(choices)))] if rng.random() < 0.8 else f"sha{rng.integers(9)}"
+            for _ in range(n)
         ]
     columns: dict[str, pa.Array] = {
         "prompt": pa.array(prompts, pa.string()),
