@@ -248,7 +248,7 @@ def _parse_lines(lines: pa.Array, single_block: bool = False) -> pa.Table:
 def _parse_buffer(body: Any, single_block: bool = False) -> pa.Table:
     return pj.read_json(
         pa.BufferReader(body),
-        read_options=pj.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(body) + 1, 1 << 23)))
+        read_options=pj.ReadOptions(use_threads=True, block_size=min(len(body) + 1, 1 << 21))
         if not single_block
         else pj.ReadOptions(use_threads=False, block_size=len(body) + 1),
         parse_options=pj.ParseOptions(explicit_schema=_ARROW_SCHEMA, unexpected_field_behavior="infer"),

@@ -148,10 +148,12 @@ def uri_problem(raw: str | None, resolved: str | None, roots: list[str]) -> str:
 
 def _uri_bad(raw: pa.Array, resolved: pa.Array, roots: list[str]) -> np.ndarray:
     bad = _regex_where(raw, pc.match_substring(raw, ".."), _DOTDOT_RE)
-    scheme = pc.and_kleene(pc.match_substring(resolved, "://"), pc.invert(pc.starts_with(resolved, "gs://")))
-    bad |= pc.fill_null(scheme, False).to_numpy(zero_copy_only=False)
-    # only an absolute local path can point into a system directory
-    bad |= _regex_where(resolved, pc.starts_with(resolved, "/"), _SYSTEM_RE)
+    not_gcs = pc.invert(pc.starts_with(resolved, "gs://"))
+    if pc.any(not_gcs).as_py():  # gs:// URIs have neither another scheme nor a system directory
+        scheme = pc.and_kleene(pc.match_substring(resolved, "://"), not_gcs)
+        bad |= pc.fill_null(scheme, False).to_numpy(zero_copy_only=False)
+        # only an absolute local path can point into a system directory
+        bad |= _regex_where(resolved, pc.starts_with(resolved, "/"), _SYSTEM_RE)
     if roots:
         inside = pc.starts_with(resolved, roots[0])
         for r in roots[1:]:
