@@ -224,6 +224,18 @@ def test_training_runtime_runs_this_versions_trainer_image(overlay: str) -> None
     assert {"HF_HUB_OFFLINE": "1"}.items() <= {e["name"]: e.get("value") for e in container["env"]}.items()
 
 
+def keeps(relabelings: list[dict], target: dict[str, str]) -> bool:
+    """Prometheus' `keep` relabelings applied to one target's labels (absent labels are empty strings;
+    source labels joined by ';'; the regex anchored at both ends)."""
+    for rule in relabelings:
+        if rule["action"] != "keep":
+            continue
+        value = rule.get("separator", ";").join(target.get(name, "") for name in rule["sourceLabels"])
+        if not re.fullmatch(rule.get("regex", "(.*)"), value):
+            return False
+    return True
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_monitors_select_what_exists(overlay: str) -> None:
     """The ServiceMonitor selects the Pushgateway Service by its labels and port; the PodMonitor the
@@ -240,12 +252,22 @@ def test_monitors_select_what_exists(overlay: str) -> None:
     assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     port = pod_monitor_port(pod_monitor)
     assert port in {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
-    keep_containers = next(
-        r for r in pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"] if r["action"] == "keep"
-    )
-    assert keep_containers["sourceLabels"] == ["__meta_kubernetes_pod_container_name"]
-    # The TrainJob worker's container and KFP's executor container ("main") are both scraped.
-    assert {pod["spec"]["containers"][0]["name"], "main"} <= set(keep_containers["regex"].split("|"))
+    relabelings = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    worker = pod["spec"]["containers"][0]["name"]
+    index = "__meta_kubernetes_pod_annotation_batch_kubernetes_io_job_completion_index"
+
+    def scraped(container: str, completion_index: str | None) -> bool:
+        target = {"__meta_kubernetes_pod_container_name": container}
+        if completion_index is not None:
+            target[index] = completion_index
+        return keeps(relabelings, target)
+
+    # KFP's executor container ("main", a single pod) and the TrainJob's node 0 (global rank 0, the only
+    # process that serves metrics) are scraped; other nodes, which serve nothing, and sidecars are not.
+    assert scraped("main", None)
+    assert scraped(worker, "0")
+    assert not scraped(worker, "1") and not scraped(worker, "10")
+    assert not scraped("istio-proxy", "0") and not scraped("mainframe", None)
     policies = {p["metadata"]["name"]: p for p in by_kind(objects, "NetworkPolicy")}
     allowed = policies["dkto-trainer-scrape"]["spec"]["ingress"][0]["ports"]
     assert {"port": port, "protocol": "TCP"} in allowed
