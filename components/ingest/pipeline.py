@@ -183,15 +183,24 @@ def _read_sources(
                 found = importers.read_diffusion_kto_csv(uri, base, config.max_prompt_chars)
             # A file's parts are kept only once all of it was read: a file that fails half-way counts
             # as one unreadable record, not as the part that happened to come before the failure.
+            # Only reading is guarded: an error in the checks is a bug and stops the run, rather than
+            # passing a readable file off as unreadable.
             file_parts: list[CheckedPart] = []
-            try:
-                for batch in found:
-                    file_parts.append(_check_part(batch, roots, config.max_prompt_chars))
-            except (OSError, ValueError, pa.ArrowException, storage.StorageError) as err:
+            failure: Exception | None = None
+            while True:
+                try:
+                    batch = next(found)
+                except StopIteration:
+                    break
+                except (OSError, ValueError, pa.ArrowException, storage.StorageError) as err:
+                    failure = err
+                    break
+                file_parts.append(_check_part(batch, roots, config.max_prompt_chars))
+            if failure is not None:
                 unreadable.append(
-                    QuarantinedRecord("", uri, 0, "unreadable_source", f"source file {uri}: {err}")
+                    QuarantinedRecord("", uri, 0, "unreadable_source", f"source file {uri}: {failure}")
                 )
-                sources.append({"uri": uri, "format": fmt, "records": 1, "error": str(err)})
+                sources.append({"uri": uri, "format": fmt, "records": 1, "error": str(failure)})
                 continue
             n = sum(p.batch.table.num_rows + len(p.batch.quarantined) for p in file_parts)
             sources.append({"uri": uri, "format": fmt, "records": n})

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import mmap
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -441,14 +439,11 @@ def read_jsonl(
 ) -> Iterator[RawBatch]:
     """Stream a JSONL file in chunks of whole lines.
 
-    A local file is mapped copy-on-write and cut into chunks in place (no copy; blanking lines for Arrow
-    copies only the pages it touches). From GCS each chunk is read straight into its own buffer (after the
-    previous chunk's partial last line). Either way the batch keeps its chunk's memory for the verbatim
-    lines of rows quarantined later.
+    Each chunk is read straight into its own buffer (after the previous chunk's partial last line), so
+    no chunk is copied; the batch keeps the buffer for verbatim lines of rows quarantined later. (A
+    memory map would save the read's copy, but it holds a file descriptor per source until the run ends
+    and turns a source truncated mid-run into SIGBUS instead of an error.)
     """
-    if not storage.is_gcs(uri) and os.path.getsize(uri) > 0:
-        yield from _read_jsonl_mapped(uri, base_dir, max_prompt_chars, chunk_bytes)
-        return
     line_no = 1
     carry = np.empty(0, dtype=np.uint8)
     scratch = ByteMask()
@@ -470,30 +465,6 @@ def read_jsonl(
             yield batch
     if len(carry):
         yield parse_jsonl_chunk(carry, line_no, uri, base_dir, max_prompt_chars, scratch)
-
-
-def _read_jsonl_mapped(
-    uri: str, base_dir: str, max_prompt_chars: int, chunk_bytes: int
-) -> Iterator[RawBatch]:
-    """``read_jsonl`` for a local file: chunks are views of one private (copy-on-write) memory map."""
-    with open(uri, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    view = np.frombuffer(mapped, dtype=np.uint8)
-    scratch = ByteMask()
-    line_no, pos, size = 1, 0, len(view)
-    while pos < size:
-        end = min(pos + chunk_bytes, size)
-        if end < size:
-            cut = _after_last_newline(view[pos:end])
-            if cut:
-                end = pos + cut
-            else:  # one line longer than a chunk: it ends at the next newline (or the file's end)
-                nl = mapped.find(b"\n", end)
-                end = size if nl < 0 else nl + 1
-        batch = parse_jsonl_chunk(view[pos:end], line_no, uri, base_dir, max_prompt_chars, scratch)
-        line_no += len(batch.lines) if batch.lines is not None else 0
-        pos = end
-        yield batch
 
 
 def _after_last_newline(data: np.ndarray) -> int:

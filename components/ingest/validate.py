@@ -177,7 +177,7 @@ def parse_timestamps(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
     if all_aware:
         # The common case, every timestamp with an offset: one cast, nulls stay null, no numpy round trip.
         try:
-            return pc.cast(text, TIMESTAMP), np.zeros(n, dtype=bool)
+            return _within_python_dates(pc.cast(text, TIMESTAMP), np.zeros(n, dtype=bool))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # some value is not ISO 8601: the per-value path below names which
     for mask, aware in ((present & has_tz, True), (present & ~has_tz, False)):
@@ -208,7 +208,23 @@ def parse_timestamps(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
     del out
     valid = present & ~bad
     arr = pa.array(values, type=pa.timestamp("us"), mask=~valid)
-    return pc.assume_timezone(arr, "UTC") if n else pa.array([], TIMESTAMP), bad
+    return _within_python_dates(pc.assume_timezone(arr, "UTC") if n else pa.array([], TIMESTAMP), bad)
+
+
+# Python's datetime, which readers of events.parquet convert to, spans years 1-9999 in UTC; an offset
+# can move a valid-looking time outside (0001-01-01T00:30+01:00 is year 0 in UTC).
+_FIRST_US = -62_135_596_800 * 10**6  # 0001-01-01T00:00:00Z
+_LAST_US = 253_402_300_800 * 10**6 - 1  # 9999-12-31T23:59:59.999999Z
+
+
+def _within_python_dates(times: pa.Array, bad: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Times outside Python's date range become null and are marked bad (invalid_timestamp)."""
+    us = pc.cast(times, pa.int64())
+    outside = pc.fill_null(pc.or_(pc.less(us, _FIRST_US), pc.greater(us, _LAST_US)), False)
+    if not pc.any(outside).as_py():
+        return times, bad
+    mask = outside.to_numpy(zero_copy_only=False)
+    return pc.if_else(outside, pa.scalar(None, times.type), times), bad | mask
 
 
 def check_batch(table: pa.Table, base_dir: str, roots: list[str], max_prompt_chars: int) -> CheckedBatch:

@@ -413,3 +413,30 @@ def test_run_ahead_keeps_order_and_raises_where_the_source_failed() -> None:
             got.append(item)
     assert got == [1, 2]
     assert list(_run_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+
+def test_timestamp_outside_python_dates_is_quarantined(tmp_path: Path) -> None:
+    """0001-01-01T00:30+01:00 is a valid ISO 8601 text but year 0 in UTC: quarantined with its field,
+    not a crash when the row is later read back into Python."""
+    src = tmp_path / "early.jsonl"
+    base = {"prompt": "p", "image_uri": "gs://b/i.png", "feedback": "like"}
+    src.write_text(
+        json.dumps({**base, "event_id": "a", "created_at": "0001-01-01T00:30:00+01:00"})
+        + "\n"
+        + json.dumps({**base, "event_id": "a", "created_at": "2026-11-01T00:00:00Z"})
+        + "\n"
+        + json.dumps({**base, "event_id": "b", "created_at": "9999-12-31T23:30:00-01:00"})
+        + "\n"
+    )
+    result = run(
+        IngestConfig(
+            sources=[str(src)],
+            output_dir=str(tmp_path / "out"),
+            check_images=False,
+            max_quarantined_fraction=1.0,
+        )
+    )
+    _check_invariant(result)
+    assert result.accepted == 1 and result.quarantined_by_reason == {"invalid_timestamp": 2}
+    messages = [q["message"] for q in pq.read_table(result.quarantine_uri).to_pylist()]
+    assert all("'created_at'" in m for m in messages)

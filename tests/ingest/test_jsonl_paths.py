@@ -133,3 +133,44 @@ def test_key_colons_finds_every_quote_colon_at_odd_and_even_offsets() -> None:
         expected = [i + 1 for i in range(length - 1) if view[i] == ord('"') and view[i + 1] == ord(":")]
         found = readers._key_colons(view, readers.ByteMask())
         assert sorted(found.tolist()) == expected, length
+
+
+def test_sources_hold_no_file_descriptors_and_survive_truncation(tmp_path: Path) -> None:
+    """Many small files under a low open-file limit all load, and a source truncated while it is read
+    yields fewer rows, never a crash (a memory-mapped reader would keep one descriptor per file and die of
+    SIGBUS on the truncated one). Run in a child process: it lowers its own RLIMIT_NOFILE."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from pathlib import Path
+        from components.ingest import readers
+        from components.ingest.step import IngestConfig, run
+
+        root = Path({str(tmp_path)!r})
+        for i in range(300):
+            event = {{"event_id": f"e{{i}}", "prompt": "p", "image_uri": "gs://b/i.png", "feedback": "like"}}
+            (root / f"f{{i:04d}}.jsonl").write_text(json.dumps(event) + "\\n")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        result = run(IngestConfig(sources=[str(root / "*.jsonl")], output_dir=str(root / "out"),
+                                  check_images=False))
+        print("accepted", result.accepted, "quarantined", result.quarantined)
+
+        big = root / "big.jsonl"
+        line = json.dumps({{"event_id": "x", "prompt": "p", "image_uri": "gs://b/i.png", "feedback": "like"}})
+        big.write_text((line + "\\n") * 2000)
+        batches = readers.read_jsonl(str(big), str(root), 2000, chunk_bytes=4096)
+        first = next(batches)
+        big.write_text("")  # truncated by another process while ingest reads it
+        rest = sum(b.table.num_rows for b in batches)
+        print("first line", first.raw_line(1) == line, "rows after truncation", rest)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "accepted 300 quarantined 0" in lines
+    assert lines[-1].startswith("first line True rows after truncation ")
