@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from components.shared.models import resolve_model_dir
 
@@ -154,6 +155,26 @@ class TrainModels:
     lora: bool
 
 
+_MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
+
+
+def matmul_layers_to(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast the weights of Linear and convolution layers to ``dtype``; everything else stays as it is.
+
+    This is exactly how autocast runs the float32 policy: Linear/Conv from weights rounded to the compute
+    dtype, GroupNorm/LayerNorm in float32 with their exact weights. A reference cast to bf16 as a whole
+    would round its norm weights too, so at step 0 an identical policy and reference disagreed: with a
+    pretrained model's weights (not representable in bf16) |g| reached 6e-4, i.e. ±3 in U's argument at
+    β = 5000, pure rounding noise (found in review on a tiny SD with perturbed weights).
+    """
+    if dtype == torch.float32:
+        return module
+    for layer in module.modules():
+        if isinstance(layer, _MATMUL_LAYERS):
+            layer.to(dtype)
+    return module
+
+
 def load_train_models(
     model_uri: str,
     *,
@@ -170,8 +191,9 @@ def load_train_models(
     """Load what the training loop needs, on ``device``.
 
     Full fine-tuning: the policy UNet in float32 (master weights; autocast runs it in the compute dtype)
-    and a frozen reference UNet held resident on the same device in the compute dtype. It is never moved
-    between devices per step (the reference code swaps it CPU<->GPU every step).
+    and a frozen reference UNet held resident on the same device, its Linear/Conv weights in the compute
+    dtype and its norm layers in float32 (``matmul_layers_to``). It is never moved between devices per
+    step (the reference code swaps it CPU<->GPU every step).
     LoRA: one UNet whose frozen base is in the compute dtype plus float32 adapters; the reference is the
     same UNet with the adapter switched off (``adapters_disabled``).
     """
@@ -191,7 +213,8 @@ def load_train_models(
     else:
         unet = load_unet(model_dir, torch.float32)
         unet.requires_grad_(True)
-        reference = load_unet(model_dir, dtype).to(device).eval().requires_grad_(False)
+        reference = load_unet(model_dir, torch.float32)
+        reference = matmul_layers_to(reference, dtype).to(device).eval().requires_grad_(False)
         if channels_last:
             reference = reference.to(memory_format=torch.channels_last)
     unet = unet.to(device)

@@ -4,7 +4,7 @@ Two steps run side by side in the same process, on the same model and batch size
 
 - **optimized**: the trainer's own step (``components.train.loop.Trainer.loss`` + backward + AdamW), which
   gathers cached latents and text embeddings and runs only UNet work: one policy forward/backward and one
-  forward of the reference UNet held resident in the compute dtype.
+  forward of the reference UNet held resident (its Linear/Conv weights in the compute dtype).
 - **naive**: what the reference code (github.com/jacklishufan/diffusion-kto, ``train_kto_sd_v1.5.py``)
   does every step: VAE-encode the images and run the text encoder, then copy the reference weights into
   the UNet for the reference forward and copy the policy weights back (``unet.load_state_dict``, with the
@@ -54,7 +54,7 @@ from components.shared.tiny_models import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD
 from components.train.cache import EncodedData  # noqa: E402
 from components.train.data import StepSampler, TrainData  # noqa: E402
 from components.train.losses import diffusion_kto_loss, per_sample_mse  # noqa: E402
-from components.train.models import TrainModels  # noqa: E402
+from components.train.models import TrainModels, matmul_layers_to  # noqa: E402
 from components.train.step import TrainConfig  # noqa: E402
 
 # SD v1.5's architecture, shared with the other benchmarks; the text config without its vocabulary
@@ -441,7 +441,8 @@ def bench_sd15(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**{**SD15_UNET, "sample_size": latent})
     unet.set_attn_processor(AttnProcessor2_0())
-    reference = copy.deepcopy(unet).to(device, compute).eval().requires_grad_(False)
+    # as the trainer holds it: Linear/Conv weights in the compute dtype, norm layers in float32
+    reference = matmul_layers_to(copy.deepcopy(unet), compute).to(device).eval().requires_grad_(False)
     unet = unet.to(device).train()
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"

@@ -14,6 +14,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state() -> Any:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed_precision; these tests build several (fp32 and bf16), so each starts and ends with none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 def build_trainer(config: Any) -> Any:
     """A Trainer as ``loop.train`` builds it (CPU, no optimizer), plus its sampler."""
     from accelerate import Accelerator
@@ -53,6 +64,48 @@ def build_trainer(config: Any) -> Any:
         seed=config.seed,
     )
     return Trainer(config, models, encoded, accelerator, unet), sampler
+
+
+@pytest.fixture(scope="module")
+def pretrained_like_sd(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD with every UNet tensor nudged off the values bf16 can hold exactly, as a pretrained
+    model's are (a fresh tiny model's norm weights are exactly 1 and 0, which hides dtype mismatches)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("models") / "tiny-sd-pretrained-like"
+    shutil.copytree(tiny_sd, out)
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    g = torch.Generator().manual_seed(1)
+    for name, t in tensors.items():
+        if t.is_floating_point():
+            # constant tensors (norm weights 1, biases 0) get a unit scale, or they would stay exact
+            scale = float(t.std()) if t.numel() > 1 and float(t.std()) > 0 else 1.0
+            tensors[name] = t + 0.05 * scale * torch.randn(t.shape, generator=g)
+    save_file(tensors, str(weights))
+    return out
+
+
+@pytest.mark.parametrize("use_lora", [False, True], ids=["full", "lora"])
+def test_policy_equals_reference_at_init_in_bf16(
+    make_config: Any, pretrained_like_sd: Path, use_lora: bool
+) -> None:
+    """bf16 mixed precision: the float32 policy under autocast and the reference must compute the same
+    MSE at step 0 (a reference rounded to bf16 in its norm layers gave |g| up to 6e-4, ±3 at β = 5000)."""
+    config = make_config(
+        pretrained_model=str(pretrained_like_sd),
+        mixed_precision="bf16",
+        use_lora=use_lora,
+        train_batch_size=4,
+        caption_dropout=0.0,
+    )
+    trainer, sampler = build_trainer(config)
+    for micro_step in range(2):
+        loss, margin, accuracy, z = trainer.loss(sampler.batch(micro_step), micro_step)
+        assert float(margin) == 0.0 and float(z) == 0.0, (micro_step, float(margin), float(z))
+        assert float(loss) == pytest.approx(0.5)  # U(0) = σ(0): every sample sits at the reference
 
 
 @pytest.mark.parametrize(
