@@ -34,7 +34,7 @@ from components.train.data import TrainData, load_image
 
 log = get_logger("train.cache")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: SDXL dropped-caption slot holds zeros (force_zeros_for_empty_prompt)
 SHARD_SIZE = 1024
 
 
@@ -46,7 +46,9 @@ class EncodedData:
     """[N, C, h, w] (N doubles with hflip: rows N/2.. are the mirrored images)."""
     latent_std: torch.Tensor
     prompt_embeds: torch.Tensor
-    """[P + 1, tokens, dim]; slot 0 is the empty prompt."""
+    """[P + 1, tokens, dim]; slot 0 is a dropped caption: the encoded "" (SD 1.x/2.x), zeros (SDXL with
+    force_zeros_for_empty_prompt), i.e. what the pipeline feeds classifier-free guidance's unconditional
+    branch."""
     pooled_prompt_embeds: torch.Tensor | None
     """[P + 1, dim] for SDXL, else None."""
     scaling_factor: float
@@ -106,8 +108,10 @@ def image_fingerprint(uris: list[str]) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_dir: Path, data: TrainData, resolution: int, hflip: bool) -> str:
-    """Hash of everything the cached tensors depend on."""
+def cache_key(
+    model_dir: Path, data: TrainData, resolution: int, hflip: bool, dtype: torch.dtype = torch.float32
+) -> str:
+    """Hash of everything the cached tensors depend on (the text encoders run in ``dtype``)."""
     model_hash = _hash_files(model_dir, ["vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"])
     blob = json.dumps(
         {
@@ -117,10 +121,18 @@ def cache_key(model_dir: Path, data: TrainData, resolution: int, hflip: bool) ->
             "images": image_fingerprint(data.image_uris),
             "resolution": resolution,
             "hflip": hflip,
+            "text_dtype": str(dtype),
+            "zeros_for_empty_prompt": _zeros_for_empty_prompt(model_dir),
         },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _zeros_for_empty_prompt(model_dir: Path) -> bool:
+    """Whether the pipeline uses zeros as its unconditional text input (diffusers' SDXL default: yes)."""
+    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    return bool(index.get("force_zeros_for_empty_prompt", True))
 
 
 @torch.no_grad()
@@ -260,7 +272,7 @@ def build_or_load_cache(
 
     Returns the tensors in host memory; ``EncodedData.hit`` says whether the VAE ran.
     """
-    key = cache_key(model_dir, data, resolution, hflip)
+    key = cache_key(model_dir, data, resolution, hflip, dtype)
     uri = storage.join(cache_dir, key)
     if storage.exists(storage.join(uri, "index.json")):
         log.info("reusing latent/text cache %s", uri)
@@ -274,6 +286,13 @@ def build_or_load_cache(
         raise ValueError(f"resolution {resolution} must be a multiple of 8")
     images = _encode_images(encoders, data, resolution, hflip, batch_size, workers)
     embeds, pooled = encode_prompts(encoders, ["", *data.prompts])
+    if encoders.sdxl and _zeros_for_empty_prompt(model_dir):
+        # Slot 0 is what a dropped caption trains (caption dropout). SDXL pipelines with
+        # force_zeros_for_empty_prompt (SDXL's default) give classifier-free guidance all-zero
+        # unconditional embeddings, not the encoded "", so dropped captions train exactly that input.
+        embeds[0] = 0
+        if pooled is not None:
+            pooled[0] = 0
     prompt = {"prompt_embeds": embeds}
     if pooled is not None:
         prompt["pooled_prompt_embeds"] = pooled

@@ -101,8 +101,10 @@ class Trainer:
             reference_point_mode=config.reference_point,
         )
         res = config.resolution
-        # SDXL micro-conditioning (original size, crop top-left, target size): images are resized and
-        # centre-cropped to the training resolution, as in diffusers' SDXL training script.
+        # SDXL micro-conditioning (original size, crop top-left, target size), fixed at (res, res, 0, 0,
+        # res, res) for every image, flipped or not: what the SDXL pipeline conditions on when it
+        # generates at res, as Diffusion-DPO's SDXL training does (diffusers' SDXL text-to-image script
+        # instead passes each image's own original size and crop).
         self.time_ids = torch.tensor([[res, res, 0, 0, res, res]], dtype=torch.float32, device=self.device)
 
     @contextlib.contextmanager

@@ -91,8 +91,9 @@ class TrainConfig(StepConfig):
     learning_rate: float = Field(
         default=1e-7,
         gt=0,
-        description="Peak learning rate (paper: 1e-7 for full fine-tuning of SD v1.5 at global batch 8; LoRA "
-        "usually needs ~1e-4).",
+        description="Peak learning rate (paper: 1e-7 for full fine-tuning of SD v1.5, per-GPU batch 2 on 4 "
+        "GPUs; the reference code's example script also accumulates 256 micro-batches, an optimizer batch of "
+        "2048, so scale with care; LoRA usually needs ~1e-4).",
     )
     lr_scheduler: LRScheduler = Field(
         default="constant_with_warmup", description="Learning-rate schedule after the warm-up."
@@ -107,7 +108,11 @@ class TrainConfig(StepConfig):
         description="Images per device per micro-batch (paper: 2 on each of 4 GPUs); for dpo, pairs.",
     )
     gradient_accumulation_steps: int = Field(
-        default=1, ge=1, description="Micro-batches summed into one optimizer step."
+        default=1,
+        ge=1,
+        description="Micro-batches summed into one optimizer step. KTO's reference point z is computed "
+        "per micro-batch (pooled over all processes), as in the reference code, so accumulation changes "
+        "how many images z averages over, not only the optimizer batch.",
     )
     adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW β1.")
     adam_beta2: float = Field(default=0.999, ge=0, lt=1, description="AdamW β2.")
@@ -156,7 +161,8 @@ class TrainConfig(StepConfig):
     )
     hflip: bool = Field(
         default=False,
-        description="Random horizontal flip augmentation; both flips are encoded once by the cache pass.",
+        description="Random horizontal flip augmentation (p = 0.5; both flips are encoded once by the cache "
+        "pass). The reference code always flips at p = 0.5: set true to reproduce the paper.",
     )
     dataloader_workers: int = Field(
         default=2, ge=0, description="Threads that load and decode images during the cache pass."

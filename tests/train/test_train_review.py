@@ -130,3 +130,55 @@ def test_policy_and_reference_see_the_same_input_at_init(
         loss, margin, accuracy, z = trainer.loss(batch, micro_step)
         assert float(margin) == 0.0 and float(z) == 0.0, (micro_step, float(margin), float(z))
     assert saw_dropped
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_dropped_caption_trains_the_pipelines_unconditional_input(
+    tiny_sd: Path, tiny_sdxl: Path, train_manifest: Path, tmp_path: Path, sdxl: bool
+) -> None:
+    """Caption dropout exists to train classifier-free guidance's unconditional branch, so a dropped
+    caption (cache slot 0) must be exactly what the pipeline feeds that branch: the encoded "" for SD,
+    zeros for SDXL (force_zeros_for_empty_prompt), pooled embeddings included."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from components.train.cache import build_or_load_cache
+    from components.train.data import read_train_data
+
+    model = tiny_sdxl if sdxl else tiny_sd
+    encoded = build_or_load_cache(
+        model_dir=model,
+        data=read_train_data(str(train_manifest)),
+        cache_dir=str(tmp_path / "cache"),
+        resolution=32,
+        hflip=False,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        workers=0,
+    )
+    with torch.no_grad():
+        if sdxl:
+            pipe = StableDiffusionXLPipeline.from_pretrained(model)
+            _, negative, _, negative_pooled = pipe.encode_prompt(
+                "a red cube", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True
+            )
+            assert encoded.pooled_prompt_embeds is not None
+            torch.testing.assert_close(encoded.pooled_prompt_embeds[0], negative_pooled[0], rtol=0, atol=0)
+            assert not negative.any()
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+            _, negative = pipe.encode_prompt(
+                "a red cube", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True
+            )
+    torch.testing.assert_close(encoded.prompt_embeds[0], negative[0], rtol=0, atol=1e-6)
+    assert encoded.prompt_embeds[1:].abs().sum() > 0  # the real prompts are encoded
+
+
+def test_cache_key_tracks_the_text_encoders_dtype(tiny_sd: Path, train_manifest: Path) -> None:
+    """Embeddings encoded in bf16 differ from fp32 ones (2.7e-2 on the tiny model): another key."""
+    from components.train.cache import cache_key
+    from components.train.data import read_train_data
+
+    data = read_train_data(str(train_manifest))
+    fp32 = cache_key(tiny_sd, data, 32, False, torch.float32)
+    assert cache_key(tiny_sd, data, 32, False, torch.float32) == fp32
+    assert cache_key(tiny_sd, data, 32, False, torch.bfloat16) != fp32
