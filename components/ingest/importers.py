@@ -6,15 +6,22 @@
   comparison and becomes one event: ``pairwise`` (``image_uri`` = the preferred image), ``pairwise_tie``
   (labels 0.5/0.5) or ``pairwise_unlabeled`` (``has_label`` false): ties and unlabeled rows are kept as
   their own kind, never guessed. Image bytes are written to the image store as ``<uid>.jpg``.
+  Rows with ``are_different`` false compare an image with itself and carry no preference: they become
+  ``pairwise_unlabeled`` (label does not use those). Image uids must be plain file names.
 * The Diffusion-KTO reference CSV: ``file_name`` or ``file_path`` (relative to the CSV), ``caption``, and
   ``label`` (1/0, true/false, desirable/undesirable, like/dislike) or, without ``label``, a ``split`` column
-  holding those same values. Each row becomes a ``like``/``dislike`` event with a content-derived id.
+  holding those values or the reference code's own (``train_kto_sd_v1.5.py``, Pick-a-Pic processed v3):
+  ``exclusive_win`` (desirable), ``exclusive_loss`` (undesirable) and ``intersections`` (won some
+  comparisons and lost others: desirable, undesirable or excluded by ``reference_intersections``, the
+  reference code's policies gt_label_wi_l / gt_label_w_il / gt_label_w_l). Each row becomes a
+  ``like``/``dislike`` event with a content-derived id; the raw ``split`` stays in metadata.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,8 +50,22 @@ PICKAPIC_COLUMNS = (
     "are_different",
 )
 
-_DESIRABLE = {"1", "1.0", "true", "desirable", "like", "liked", "positive", "good"}
-_UNDESIRABLE = {"0", "0.0", "false", "undesirable", "dislike", "disliked", "negative", "bad"}
+_DESIRABLE = {"1", "1.0", "true", "desirable", "like", "liked", "positive", "good", "exclusive_win"}
+_UNDESIRABLE = {
+    "0",
+    "0.0",
+    "false",
+    "undesirable",
+    "dislike",
+    "disliked",
+    "negative",
+    "bad",
+    "exclusive_loss",
+    "exclusive_lose",
+}
+_INTERSECTIONS = "intersections"
+# A Pick-a-Pic uid names a file in the image store: a plain name, never a path.
+_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def _raw_json(record: dict[str, Any]) -> str:
@@ -62,6 +83,9 @@ def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator
     rows: list[dict] = []
     numbers: list[int] = []
     bad: list[QuarantinedRecord] = []
+    # One listing of the store instead of an existence check per image: a shard repeats each image in
+    # many rows, and on gs:// every check is a request.
+    stored = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(image_store, ""))}
     for i, rec in enumerate(table.to_pylist(), start=1):
         uid0, uid1 = rec.get("image_0_uid"), rec.get("image_1_uid")
         ids_ok = uid0 and uid1 and rec.get("ranking_id") is not None
@@ -74,6 +98,22 @@ def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator
                     i,
                     "missing_field",
                     f"row {i}: fields 'ranking_id', 'image_0_uid' and 'image_1_uid' are required",
+                )
+            )
+            continue
+        not_a_name = next(
+            (f for f in ("image_0_uid", "image_1_uid") if not _UID.fullmatch(str(rec[f]))), None
+        )
+        if not_a_name:
+            bad.append(
+                QuarantinedRecord(
+                    _raw_json(rec),
+                    uri,
+                    i,
+                    "uri_not_allowed",
+                    f"row {i}: field {not_a_name!r} is {rec[not_a_name]!r}; a uid must be a plain name "
+                    "(letters, digits, '.', '_', '-'), as it names the image file in the store",
+                    event_id,
                 )
             )
             continue
@@ -91,7 +131,8 @@ def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator
             )
             continue
         l0, l1 = rec.get("label_0"), rec.get("label_1")
-        if not rec.get("has_label"):
+        if not rec.get("has_label") or rec.get("are_different") is False:
+            # are_different false: the two images are the same, so the label is no preference
             feedback, first, second = "pairwise_unlabeled", 0, 1
         elif (l0, l1) == (0.5, 0.5):
             feedback, first, second = "pairwise_tie", 0, 1
@@ -114,9 +155,11 @@ def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator
         uris = []
         for side in (first, second):
             uid = rec[f"image_{side}_uid"]
-            dest = storage.join(image_store, f"{uid}.jpg")
-            if not storage.exists(dest):
+            name = f"{uid}.jpg"
+            dest = storage.join(image_store, name)
+            if name not in stored:
                 storage.write_bytes(dest, rec[f"jpg_{side}"])
+                stored.add(name)
             uris.append(dest)
         metadata = {
             "ranking_id": rec.get("ranking_id"),
@@ -148,8 +191,11 @@ def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator
     yield RawBatch(uri, storage.join(image_store, "."), out, bad)
 
 
-def read_diffusion_kto_csv(uri: str, base_dir: str, max_prompt_chars: int) -> Iterator[RawBatch]:
-    """The reference Diffusion-KTO CSV -> like/dislike events."""
+def read_diffusion_kto_csv(
+    uri: str, base_dir: str, max_prompt_chars: int, intersections: str = "desirable"
+) -> Iterator[RawBatch]:
+    """The reference Diffusion-KTO CSV -> like/dislike events (``intersections``: desirable, undesirable
+    or exclude, see the module docstring)."""
     table, bad = read_csv_table(uri)
     names = table.column_names
     path_col = "file_name" if "file_name" in names else "file_path" if "file_path" in names else None
@@ -164,9 +210,21 @@ def read_diffusion_kto_csv(uri: str, base_dir: str, max_prompt_chars: int) -> It
     for i, rec in enumerate(table.to_pylist(), start=2):
         raw = json.dumps(rec, sort_keys=True)
         value = (rec.get(label_col) or "").strip().lower()
-        if value in _DESIRABLE:
+        if value == _INTERSECTIONS and intersections == "exclude":
+            bad.append(
+                QuarantinedRecord(
+                    raw,
+                    uri,
+                    i,
+                    "excluded_by_policy",
+                    f"line {i}: field {label_col!r} is 'intersections', left out by "
+                    "reference_intersections=exclude (the reference code's gt_label_w_l)",
+                )
+            )
+            continue
+        if value in _DESIRABLE or (value == _INTERSECTIONS and intersections == "desirable"):
             feedback = "like"
-        elif value in _UNDESIRABLE:
+        elif value in _UNDESIRABLE or value == _INTERSECTIONS:
             feedback = "dislike"
         else:
             bad.append(
@@ -175,7 +233,8 @@ def read_diffusion_kto_csv(uri: str, base_dir: str, max_prompt_chars: int) -> It
                     uri,
                     i,
                     "invalid_label",
-                    f"line {i}: field {label_col!r} is {rec.get(label_col)!r}; valid: 1/0, true/false, desirable/undesirable, like/dislike",
+                    f"line {i}: field {label_col!r} is {rec.get(label_col)!r}; valid: 1/0, true/false, "
+                    "desirable/undesirable, like/dislike, exclusive_win/exclusive_loss/intersections",
                 )
             )
             continue
@@ -186,7 +245,7 @@ def read_diffusion_kto_csv(uri: str, base_dir: str, max_prompt_chars: int) -> It
             "image_uri": rec.get(path_col),
             "feedback": feedback,
             "metadata": {
-                k: v for k, v in rec.items() if k not in (path_col, "caption", label_col) and v is not None
+                k: v for k, v in rec.items() if k not in (path_col, "caption", "label") and v is not None
             },
         }
         event, reason, message = classify_record(record, max_prompt_chars)

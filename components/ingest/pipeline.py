@@ -180,7 +180,9 @@ def _read_sources(
             elif fmt == "pickapic_v2":
                 found = importers.read_pickapic(uri, image_store, config.max_prompt_chars)
             else:
-                found = importers.read_diffusion_kto_csv(uri, base, config.max_prompt_chars)
+                found = importers.read_diffusion_kto_csv(
+                    uri, base, config.max_prompt_chars, config.reference_intersections
+                )
             # A file's parts are kept only once all of it was read: a file that fails half-way counts
             # as one unreadable record, not as the part that happened to come before the failure.
             # Only reading is guarded: an error in the checks is a bug and stops the run, rather than
@@ -208,6 +210,21 @@ def _read_sources(
     return parts, sources, unreadable
 
 
+def _previous_image_store(config: IngestConfig) -> str | None:
+    """The image store the previous run wrote (its stats.json says), so that an incremental run of an
+    importer gives the same images the same URIs: a new store would make every re-imported event differ
+    from its previous copy in image_uri, a conflict instead of a duplicate."""
+    if not config.previous_output:
+        return None
+    prev = config.previous_output
+    prev_dir = prev.rsplit("/", 1)[0] if prev.endswith(".parquet") else prev
+    stats_uri = storage.join(prev_dir, "stats.json")
+    if not storage.exists(stats_uri):
+        return None
+    store = storage.read_json(stats_uri).get("image_store")
+    return str(store) if store else None
+
+
 def ingest(config: IngestConfig) -> IngestResult:
     """Run the ingest step (see :mod:`components.ingest.step`)."""
     telemetry = StepTelemetry("ingest", run_id=config.run_id, pushgateway=config.pushgateway)
@@ -216,7 +233,7 @@ def ingest(config: IngestConfig) -> IngestResult:
     events_uri = storage.join(out, "events.parquet")
     quarantine_uri = storage.join(out, "quarantine.parquet")
     stats_uri = storage.join(out, "stats.json")
-    image_store = config.image_store or storage.join(out, "images")
+    image_store = config.image_store or _previous_image_store(config) or storage.join(out, "images")
     if not storage.is_gcs(image_store):
         image_store = os.path.abspath(image_store)
     roots = normalise_roots(config.allowed_roots)
@@ -433,6 +450,7 @@ def ingest(config: IngestConfig) -> IngestResult:
         "total_events": events.num_rows,
         "blank_lines_skipped": blank_lines,
         "images_checked": images_checked,
+        "image_store": image_store,
         "identical_image_groups": identical_image_groups,
         "ingested_at": now.isoformat(),
         "config_hash": config.config_hash(),

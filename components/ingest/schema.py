@@ -52,6 +52,8 @@ REASONS: dict[str, str] = {
     "conflicting_event_id": "two records share an event_id but differ in content (all of them are quarantined)",
     "conflicting_with_previous": "the event_id is already in the previous output with different content",
     "invalid_label": "an importer row has a label it cannot map to feedback",
+    "excluded_by_policy": "an importer row the chosen policy leaves out (reference CSV `intersections` "
+    "under reference_intersections=exclude)",
     "unreadable_source": "a whole source file could not be read",
 }
 
@@ -90,6 +92,14 @@ class FeedbackEvent(BaseModel):
             raise ValueError("expected a string, got a boolean")
         if isinstance(value, int):
             return str(value)
+        return value
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _score_is_a_number(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1.0; a boolean is no score (a numeric text like "0.5" is one).
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
         return value
 
     @model_validator(mode="after")

@@ -34,6 +34,15 @@ class IngestConfig(StepConfig):
         "`pickapic_v2` imports Pick-a-Pic v2 Parquet shards; `diffusion_kto_csv` imports the reference "
         "Diffusion-KTO CSV (file_name/file_path, caption, label/split).",
     )
+    reference_intersections: Literal["desirable", "undesirable", "exclude"] = Field(
+        "desirable",
+        description="For `diffusion_kto_csv` sources whose `split` column has the reference code's values: "
+        "what an `intersections` image (preferred in some comparisons, not in others) becomes. "
+        "`desirable` is the reference code's default policy gt_label_wi_l (the paper's 'win + "
+        "intermediate'); `undesirable` is gt_label_w_il; `exclude` is gt_label_w_l (those rows are "
+        "quarantined as excluded_by_policy, counted, so raise max_quarantined_fraction accordingly). "
+        "`exclusive_win` is always desirable and the loss values undesirable.",
+    )
     previous_output: str | None = Field(
         None,
         description="Output directory of the previous ingest run. Its events are carried over and only "

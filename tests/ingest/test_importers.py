@@ -177,3 +177,118 @@ def test_diffusion_kto_csv_importer(tmp_path: Path) -> None:
         )
     )
     assert result.accepted == 2
+
+
+def test_reference_csv_split_values_follow_the_reference_policies(tmp_path: Path) -> None:
+    """The reference code's processed Pick-a-Pic CSV labels images by `split`: exclusive_win, exclusive_loss,
+    intersections. Its policies: gt_label_wi_l (intersections desirable, the default), gt_label_w_il
+    (undesirable) and gt_label_w_l (left out)."""
+    import json
+
+    (tmp_path / "imgs").mkdir()
+    for name, colour in (("w", "red"), ("l", "blue"), ("i", "green")):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / "imgs" / f"{name}.png")
+    (tmp_path / "train_processed_v3.csv").write_text(
+        "file_name,caption,split\n"
+        "imgs/w.png,a cat,exclusive_win\n"
+        "imgs/l.png,a cat,exclusive_loss\n"
+        "imgs/i.png,a cat,intersections\n"
+        "imgs/i.png,a cat,exclusive_draw\n"  # not a value the reference writes: quarantined, not guessed
+    )
+    expected = {"desirable": "like", "undesirable": "dislike", "exclude": None}
+    for policy, intersection in expected.items():
+        result = run(
+            IngestConfig(
+                sources=[str(tmp_path / "train_processed_v3.csv")],
+                output_dir=str(tmp_path / policy),
+                source_format="diffusion_kto_csv",
+                reference_intersections=policy,  # type: ignore[arg-type]
+                max_quarantined_fraction=1.0,
+            )
+        )
+        assert result.read == result.accepted + result.quarantined == 4
+        events = {Path(e["image_uri"]).stem: e for e in pq.read_table(result.events_uri).to_pylist()}
+        assert events["w"]["feedback"] == "like" and events["l"]["feedback"] == "dislike"
+        assert json.loads(events["w"]["metadata"]) == {"split": "exclusive_win"}
+        reasons = {"invalid_label": 1, **({"excluded_by_policy": 1} if intersection is None else {})}
+        assert result.quarantined_by_reason == reasons, policy
+        if intersection is None:
+            assert "i" not in events
+        else:
+            assert events["i"]["feedback"] == intersection
+
+
+def test_pickapic_same_image_rows_and_unsafe_uids(tmp_path: Path) -> None:
+    """A row with are_different false compares an image with itself: no preference (pairwise_unlabeled).
+    A uid that is a path is quarantined before any image is written, so nothing lands outside the store."""
+    same = _row(1, "A", "B", 1.0, 0.0)
+    same["are_different"] = False
+    escaping = _row(2, "C", "D", 1.0, 0.0)
+    escaping["image_1_uid"] = "../../escaped"
+    absolute = _row(3, "E", "F", 1.0, 0.0)
+    absolute["image_0_uid"] = str(tmp_path / "absolute")
+    shard = tmp_path / "train-00001.parquet"
+    pq.write_table(pa.Table.from_pylist([same, escaping, absolute], schema=PICKAPIC_SCHEMA), shard)
+    result = run(
+        IngestConfig(
+            sources=[str(shard)],
+            output_dir=str(tmp_path / "out" / "run"),
+            source_format="pickapic_v2",
+            max_quarantined_fraction=1.0,
+        )
+    )
+    assert result.read == result.accepted + result.quarantined == 3
+    assert result.quarantined_by_reason == {"uri_not_allowed": 2}
+    (event,) = pq.read_table(result.events_uri).to_pylist()
+    assert event["event_id"] == "pickapic-v2:1:A:B" and event["feedback"] == "pairwise_unlabeled"
+    assert not list(tmp_path.glob("**/escaped*")) and not list(tmp_path.glob("absolute*"))
+    assert sorted(p.name for p in (tmp_path / "out" / "run" / "images").iterdir()) == ["A.jpg", "B.jpg"]
+
+
+def test_a_boolean_is_not_a_score(tmp_path: Path) -> None:
+    """pydantic's lax mode would read true as 1.0; the fast (Arrow) and per-line paths both reject it."""
+    import json
+
+    src = tmp_path / "scores.jsonl"
+    base = {"prompt": "p", "image_uri": "gs://b/i.png", "feedback": "score"}
+    src.write_text(
+        json.dumps({**base, "event_id": "t", "score": True})
+        + "\n"
+        + json.dumps({**base, "event_id": "n", "score": "0.5"})  # a numeric text is a number
+        + "\n"
+    )
+    result = run(
+        IngestConfig(
+            sources=[str(src)],
+            output_dir=str(tmp_path / "out"),
+            check_images=False,
+            max_quarantined_fraction=1.0,
+        )
+    )
+    assert result.quarantined_by_reason == {"wrong_type": 1} and result.accepted == 1
+
+
+def test_pickapic_reimport_into_a_new_output_is_all_duplicates(tmp_path: Path) -> None:
+    """An incremental run (previous_output set, a fresh output dir as every KFP run has) keeps writing
+    images to the previous run's store, so re-imported rows are duplicates, not conflicts."""
+    shard = tmp_path / "train-00002.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [_row(1, "A", "B", 1.0, 0.0), _row(2, "C", "A", 0.0, 1.0)], schema=PICKAPIC_SCHEMA
+        ),
+        shard,
+    )
+    first = run(
+        IngestConfig(sources=[str(shard)], output_dir=str(tmp_path / "run1"), source_format="pickapic_v2")
+    )
+    assert first.accepted == 2
+    again = run(
+        IngestConfig(
+            sources=[str(shard)],
+            output_dir=str(tmp_path / "run2"),
+            source_format="pickapic_v2",
+            previous_output=str(tmp_path / "run1"),
+        )
+    )
+    assert (again.accepted, again.duplicates, again.quarantined, again.total_events) == (0, 2, 0, 2)
+    assert not (tmp_path / "run2" / "images").exists()
