@@ -22,6 +22,7 @@ def _cell(value: Any) -> str:
 def render_data_card(stats: dict[str, Any], examples: dict[str, list[dict[str, Any]]]) -> str:
     """Render the card from label's stats.json and up to a few examples per drop reason."""
     tr, va = stats["train"], stats["val"]
+    events_dropped = sum(v for k, v in stats["dropped_by_reason"].items() if k.startswith("events_"))
     lines = [
         "# Data card: Diffusion-KTO training set",
         "",
@@ -30,6 +31,10 @@ def render_data_card(stats: dict[str, Any], examples: dict[str, list[dict[str, A
         f"Settings: `{json.dumps(stats['policy_settings'], default=str)}`",
         "",
         f"Source: `{stats['events_uri']}` ({stats['events_read']} events, {stats['images_considered']} images considered).",
+        "",
+        f"Events: {stats['events_read']} read = {stats['events_used']} used (counted toward an image in train "
+        f"or val) + {events_dropped} dropped as events (`events_*` below) + {stats['events_of_dropped_images']} "
+        "counted only toward dropped images (`images_*` below).",
         "",
         "## Samples",
         "",
@@ -46,7 +51,8 @@ def render_data_card(stats: dict[str, Any], examples: dict[str, list[dict[str, A
         "",
         f"Weights for the trainer: λ_D = {stats['desirable_weight']:.4g}, λ_U = {stats['undesirable_weight']:.4g}; "
         f"λ_D·n_D / λ_U·n_U = {stats['weighted_ratio'] if stats['weighted_ratio'] is None else round(stats['weighted_ratio'], 4)} "
-        f"(target {stats['desirable_ratio_range']}, KTO paper, Ethayarajh et al. 2024).",
+        f"(target {stats['desirable_ratio_range']}, KTO paper, Ethayarajh et al. 2024). "
+        f"Note: {stats['class_weights_note']}.",
         "",
     ]
     if stats.get("thresholds"):

@@ -98,12 +98,67 @@ def _pairs(prompt_codes: np.ndarray, key_codes: np.ndarray, n_keys: int) -> tupl
     return pairs.indices.to_numpy().astype(np.int64, copy=False), first // width - 1, first % width - 1
 
 
+class FilledSha256(NamedTuple):
+    """SHA-256 columns with the gaps filled from other events of the same URI."""
+
+    columns: list[pa.Array | pa.ChunkedArray]
+    ambiguous_uris: int
+
+
+def fill_sha256(
+    pairs: list[tuple[pa.Array | pa.ChunkedArray, pa.Array | pa.ChunkedArray]],
+) -> FilledSha256:
+    """Give each event without an image SHA-256 the SHA-256 another event recorded for the same URI.
+
+    ``pairs`` are (URI column, SHA-256 column) of equal lengths (image and other image of a pairwise event);
+    the URIs of all pairs are looked up together. Events of one image can come from runs with and without
+    image checks; keyed by coalesce(SHA-256, URI) they would split one image into two rows (two sample ids,
+    possibly one desirable and one undesirable). An empty SHA-256 counts as unknown. A URI under which events
+    recorded several SHA-256 (the file changed between runs) is ambiguous: its unhashed events keep no
+    SHA-256, and ``ambiguous_uris`` counts such URIs.
+    """
+    shas = [sha for _, sha in pairs]
+    if all(s.null_count == len(s) for s in shas):
+        return FilledSha256(shas, 0)
+    sha_all = pa.concat_arrays([_flat(s) for s in shas])
+    empty = pc.fill_null(pc.equal(sha_all, ""), False)
+    if pc.any(empty).as_py():
+        sha_all = pc.if_else(empty, pa.scalar(None, pa.string()), sha_all)
+    elif sha_all.null_count == 0:
+        return FilledSha256(shas, 0)
+    uri_codes, uris = encode(pa.concat_arrays([_flat(u) for u, _ in pairs]))
+    sha_codes, sha_values = encode(sha_all)
+    known = (sha_codes >= 0) & (uri_codes >= 0)
+    low = np.full(len(uris), np.iinfo(np.int64).max, dtype=np.int64)
+    high = np.full(len(uris), -1, dtype=np.int64)
+    np.minimum.at(low, uri_codes[known], sha_codes[known])
+    np.maximum.at(high, uri_codes[known], sha_codes[known])
+    unique = (high >= 0) & (low == high)
+    gap = (sha_codes < 0) & (uri_codes >= 0)
+    fill = np.zeros(len(sha_codes), dtype=bool)
+    fill[gap] = unique[uri_codes[gap]]
+    ambiguous = np.zeros(len(uris), dtype=bool)
+    ambiguous[uri_codes[gap]] = True
+    n_ambiguous = int(np.count_nonzero(ambiguous & (high >= 0) & (low != high)))
+    if fill.any():
+        index = np.where(fill, low[np.maximum(uri_codes, 0)], -1)
+        sha_all = pc.coalesce(sha_all, sha_values.take(pa.array(index, mask=~fill)))
+    out: list[pa.Array | pa.ChunkedArray] = []
+    start = 0
+    for s in shas:
+        out.append(sha_all.slice(start, len(s)))
+        start += len(s)
+    return FilledSha256(out, n_ambiguous)
+
+
 class ImageGroups(NamedTuple):
-    """The aggregated images, with each image's prompt as a code into ``prompts`` (-1 for none)."""
+    """The aggregated images, with each image's prompt as a code into ``prompts`` (-1 for none), and the
+    image (row of ``table``) each input row was counted in."""
 
     table: pa.Table
     prompt_code: np.ndarray
     prompts: pa.Array
+    row_group: np.ndarray
 
 
 def group_images(sides: pa.Table) -> ImageGroups:
@@ -157,4 +212,4 @@ def group_images(sides: pa.Table) -> ImageGroups:
         columns["image_sha256_min"] = group_min(*encode(sha), group, n_groups)
     keyed = group if key.null_count == 0 else group[key_codes >= 0]
     columns["key_count"] = pa.array(np.bincount(keyed, minlength=n_groups))
-    return ImageGroups(pa.table(columns), group_prompt, prompts)
+    return ImageGroups(pa.table(columns), group_prompt, prompts, group)

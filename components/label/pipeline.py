@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,7 @@ import pyarrow.dataset  # noqa: F401
 import pyarrow.parquet  # noqa: F401
 
 from components.label.datacard import render_data_card
-from components.label.grouping import group_images
+from components.label.grouping import fill_sha256, group_images
 from components.label.policies import class_weights, pairwise_to_binary, score_to_binary, votes_to_binary
 from components.label.split import cap_per_prompt, prompts_in_val
 from components.label.step import LabelConfig, LabelResult
@@ -48,6 +48,11 @@ POLICY_COLUMNS = {
     "score_threshold": ["score"],
 }
 MAX_EXAMPLES = 3
+CLASS_WEIGHTS_NOTE = (
+    "desirable_weight and undesirable_weight assume images are drawn uniformly from train; a sampler that "
+    "already draws desirable images at a set rate (the trainer's desirable_ratio) changes the class balance "
+    "itself, and these weights do not apply on top of it"
+)
 
 
 class LabelError(RuntimeError):
@@ -67,11 +72,22 @@ def _examples(table: pa.Table, mask: np.ndarray, columns: list[str]) -> list[dic
     return table.select(columns).take(pa.array(idx, pa.int64())).to_pylist() if len(idx) else []
 
 
-def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
-    """One row per (event, image) the policy uses, with that image's contribution; plus a 'used' mask.
+class Sides(NamedTuple):
+    """What :func:`_sides` makes of the events."""
+
+    table: pa.Table
+    used: np.ndarray
+    same_image: np.ndarray | None
+    event_of_row: np.ndarray | None
+
+
+def _sides(events: pa.Table, policy: str) -> Sides:
+    """One row per (event, image) the policy uses, with that image's contribution.
 
     A contribution is a boolean column per kind of count (like, dislike, win, loss, tie) that is true
     where the row counts once; kinds a policy never counts are left out (the group-by reads them as 0).
+    Also returned: the events used (mask); for pairwise, the comparisons of an image with itself (mask, not
+    used) and the event of each row (else row i is the i-th used event).
     """
     fb = events.column("feedback")
 
@@ -87,13 +103,26 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
             cols["score"] = sub.column("score")
         return pa.table(cols)
 
+    same_image = event_of_row = None
     if policy == "votes":
         likes, dislikes = pc.equal(fb, "like"), pc.equal(fb, "dislike")
         used = pc.or_(likes, dislikes)
         parts = [side(used, "image_uri", "image_sha256", like=likes, dislike=dislikes)]
     elif policy == "pairwise":
-        wins = pc.equal(fb, "pairwise")
-        ties = pc.equal(fb, "pairwise_tie")
+        compared = pc.fill_null(pc.is_in(fb, pa.array(["pairwise", "pairwise_tie"])), False)
+        # One image compared with itself (one URI twice, or identical bytes under two URIs) states no
+        # preference, yet would give that image a win and a loss: such events are dropped, counted.
+        same = pc.or_(
+            pc.equal(
+                pc.coalesce(events.column("image_sha256"), events.column("image_uri")),
+                pc.coalesce(events.column("other_image_sha256"), events.column("other_image_uri")),
+            ),
+            pc.equal(events.column("image_uri"), events.column("other_image_uri")),
+        )
+        same_mask = pc.and_(compared, pc.fill_null(same, False))
+        real = pc.invert(same_mask)
+        wins = pc.and_(pc.equal(fb, "pairwise"), real)
+        ties = pc.and_(pc.equal(fb, "pairwise_tie"), real)
         used = pc.or_(wins, ties)
         parts = [
             side(wins, "image_uri", "image_sha256", win=wins),
@@ -101,11 +130,15 @@ def _sides(events: pa.Table, policy: str) -> tuple[pa.Table, np.ndarray]:
             side(ties, "image_uri", "image_sha256", tie=ties),
             side(ties, "other_image_uri", "other_image_sha256", tie=ties),
         ]
+        same_image = same_mask.to_numpy(zero_copy_only=False)
+        won = np.flatnonzero(pc.fill_null(wins, False).to_numpy(zero_copy_only=False))
+        tied = np.flatnonzero(pc.fill_null(ties, False).to_numpy(zero_copy_only=False))
+        event_of_row = np.concatenate([won, won, tied, tied])
     else:
         used = pc.equal(fb, "score")
         parts = [side(used, "image_uri", "image_sha256", score=True)]
     sides = pa.concat_tables(parts, promote_options="default")
-    return sides, pc.fill_null(used, False).to_numpy(zero_copy_only=False)
+    return Sides(sides, pc.fill_null(used, False).to_numpy(zero_copy_only=False), same_image, event_of_row)
 
 
 def _distinct(codes: np.ndarray, n_values: int) -> int:
@@ -156,6 +189,16 @@ def label(config: LabelConfig) -> LabelResult:
     if missing:
         raise LabelError(f"{events_uri}: not an events.parquet from ingest, missing columns {missing}")
     events = events.select(needed)
+    # Before anything keys an image: events of one URI from runs with and without image checks are one image.
+    sha_columns = [
+        (u, h)
+        for u, h in (("image_uri", "image_sha256"), ("other_image_uri", "other_image_sha256"))
+        if u in needed
+    ]
+    filled = fill_sha256([(events.column(u), events.column(h)) for u, h in sha_columns])
+    for (_, h), column in zip(sha_columns, filled.columns, strict=True):
+        if column is not events.column(h):
+            events = events.set_column(events.schema.get_field_index(h), h, column)
     dropped: dict[str, int] = defaultdict(int)
     examples: dict[str, list[dict[str, Any]]] = {}
     policy = config.policy
@@ -170,8 +213,16 @@ def label(config: LabelConfig) -> LabelResult:
         events = events.filter(keep)
         policy = config.user_filter.then
 
-    sides, used = _sides(events, policy)
+    sides = _sides(events, policy)
+    used = sides.used
     unused = ~used
+    if sides.same_image is not None and sides.same_image.any():
+        same = sides.same_image
+        unused = unused & ~same
+        dropped["events_pairwise_same_image"] = int(same.sum())
+        examples["events_pairwise_same_image"] = _examples(
+            events, same, ["prompt", "image_uri", "other_image_uri", "feedback"]
+        )
     if unused.any():
         fb = events.column("feedback").to_numpy(zero_copy_only=False)
         for kind in np.unique(fb[unused]):
@@ -185,7 +236,7 @@ def label(config: LabelConfig) -> LabelResult:
             examples[drop_reason] = _examples(events, mask, ["prompt", "image_uri", "feedback"])
 
     # One image = one (prompt, image) pair; identical bytes under several URIs are one image (by SHA-256).
-    groups = group_images(sides)
+    groups = group_images(sides.table)
     agg = groups.table
     likes = agg.column("like_sum").to_numpy()
     dislikes = agg.column("dislike_sum").to_numpy()
@@ -234,6 +285,15 @@ def label(config: LabelConfig) -> LabelResult:
             "score": scores,
         }
     )
+    # Each event the policy used either counted toward an image in train/val or only toward dropped ones.
+    row_labeled = labeled[groups.row_group]
+    if sides.event_of_row is None:
+        events_used = int(np.count_nonzero(row_labeled))
+    else:
+        event_labeled = np.zeros(events.num_rows, dtype=bool)
+        event_labeled[sides.event_of_row[row_labeled]] = True
+        events_used = int(np.count_nonzero(event_labeled))
+    events_of_dropped_images = int(np.count_nonzero(used)) - events_used
     for r in sorted(set(reason[~labeled])):
         mask = reason == r
         dropped[r] += int(mask.sum())
@@ -296,6 +356,11 @@ def label(config: LabelConfig) -> LabelResult:
         train_counts["desirable"], train_counts["undesirable"], config.desirable_ratio_range
     )
     warnings = []
+    if filled.ambiguous_uris:
+        warnings.append(
+            f"{filled.ambiguous_uris} image URIs have events with different image_sha256 (the file changed); "
+            "their events without image_sha256 are kept apart, keyed by the URI"
+        )
     if min(train_counts.values()) == 0:
         warnings.append(
             f"train has {train_counts['desirable']} desirable and {train_counts['undesirable']} undesirable images; "
@@ -316,8 +381,12 @@ def label(config: LabelConfig) -> LabelResult:
         if train_counts["undesirable"]
         else None,
         "desirable_ratio_range": list(config.desirable_ratio_range),
+        "class_weights_note": CLASS_WEIGHTS_NOTE,
         "thresholds": thresholds,
         "events_read": n_events_in,
+        "events_used": events_used,
+        "events_of_dropped_images": events_of_dropped_images,
+        "images_labeled": len(rows),
         "images_considered": len(agg),
         "train_prompts": _distinct(prompt_code[rows[train_picked]], len(groups.prompts)),
         "val_prompts": _distinct(prompt_code[rows[val_picked]], len(groups.prompts)),
