@@ -43,7 +43,7 @@ def train_model(
     """Fine-tune the base model on the labeled images with Diffusion-KTO (or the SFT / DPO baselines).
 
     Args:
-        labeled: The label step's output directory (train.parquet, stats.json with the class weights).
+        labeled: The label step's output directory (train.parquet).
         base_model: The model to fine-tune (diffusers directory, local or gs://).
         checkpoint_root: Root of checkpoints; this run's live under <root>/<run id>/train.
         model: The candidate model (diffusers layout, or a LoRA adapter + dkto_lora.json).
@@ -71,39 +71,39 @@ def train_model(
     """
     from components.shared import storage
     from components.train.launcher import LaunchPlan, launch
-    from components.train.step import TrainConfig
+    from components.train.step import TrainConfig, label_class_weights
     from pipelines.runtime import durable_uri, prepare_step_env, record_step
 
     prepare_step_env(run_id, pushgateway)
-    label_stats = storage.read_json(storage.join(labeled.path, "stats.json"))
     # Several nodes write the model themselves, so it must go where every node can reach it.
     output_dir = durable_uri(model.uri, model.path) if num_nodes > 1 else model.path
-    config = TrainConfig.from_dict(
-        {
-            "pretrained_model": base_model,
-            "train_data": storage.join(labeled.path, "train.parquet"),
-            "output_dir": output_dir,
-            "checkpoint_dir": storage.join(checkpoint_root, run_id, "train"),
-            "resume_from": "latest",
-            "objective": objective,
-            "beta": beta,
-            "desirable_ratio": desirable_ratio,
-            "desirable_weight": float(label_stats.get("desirable_weight", 1.0)),
-            "undesirable_weight": float(label_stats.get("undesirable_weight", 1.0)),
-            "learning_rate": learning_rate,
-            "max_steps": int(max_steps),
-            "train_batch_size": int(train_batch_size),
-            "gradient_accumulation_steps": int(gradient_accumulation_steps),
-            "mixed_precision": mixed_precision,
-            "resolution": int(resolution),
-            "use_lora": use_lora,
-            "seed": int(seed),
-            "run_id": run_id,
-            "progress_bar": False,
-            "metrics_port": int(metrics_port) or None,
-            **dict(train_options),
-        }
-    )
+    settings = {
+        "pretrained_model": base_model,
+        "train_data": storage.join(labeled.path, "train.parquet"),
+        "output_dir": output_dir,
+        "checkpoint_dir": storage.join(checkpoint_root, run_id, "train"),
+        "resume_from": "latest",
+        "objective": objective,
+        "beta": beta,
+        "desirable_ratio": desirable_ratio,
+        "learning_rate": learning_rate,
+        "max_steps": int(max_steps),
+        "train_batch_size": int(train_batch_size),
+        "gradient_accumulation_steps": int(gradient_accumulation_steps),
+        "mixed_precision": mixed_precision,
+        "resolution": int(resolution),
+        "use_lora": use_lora,
+        "seed": int(seed),
+        "run_id": run_id,
+        "progress_bar": False,
+        "metrics_port": int(metrics_port) or None,
+        **dict(train_options),
+    }
+    # The label step's class weights apply only to uniform sampling (desirable_ratio null): the γ sampler
+    # already rebalances, and both together would rebalance twice.
+    label_stats_uri = storage.join(labeled.path, "stats.json")
+    settings.update(label_class_weights(settings, set(dict(train_options)), label_stats_uri))
+    config = TrainConfig.from_dict(settings)
     plan = LaunchPlan(
         gpus_per_node=int(gpus_per_node), num_nodes=int(num_nodes), strategy=distributed_strategy
     )

@@ -130,12 +130,12 @@ def dpo_pairs(data: TrainData) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def check_data_for_objective(data: TrainData, objective: str, desirable_ratio: float) -> None:
+def check_data_for_objective(data: TrainData, objective: str, desirable_ratio: float | None) -> None:
     """Fail early (before any model loads) when the data cannot feed the objective; says what is missing."""
     d, u = data.n_desirable, data.n_undesirable
     if objective == "sft" and d == 0:
         raise DataError(f"{data.source}: objective=sft needs liked (desirable) images; found 0 of {u + d}")
-    if objective == "kto":
+    if objective == "kto" and desirable_ratio is not None:
         if desirable_ratio > 0 and d == 0:
             raise DataError(
                 f"{data.source}: desirable_ratio={desirable_ratio} but the data has no liked image "
@@ -222,7 +222,7 @@ class StepSampler:
     do not depend on how the global batch is split across processes.
 
     kto: each image is liked with probability ``desirable_ratio`` (γ; paper 0.8), then drawn uniformly
-    within its class, with replacement. sft: uniform over liked images. dpo: uniform over all
+    within its class, with replacement (``desirable_ratio`` None: uniformly over all images). sft: uniform over liked images. dpo: uniform over all
     (liked, disliked) pairs of the same prompt; caption dropout and flips are shared within a pair.
     """
 
@@ -232,7 +232,7 @@ class StepSampler:
         *,
         objective: str,
         batch_size: int,
-        desirable_ratio: float,
+        desirable_ratio: float | None,
         caption_dropout: float,
         hflip: bool,
         seed: int,
@@ -249,6 +249,7 @@ class StepSampler:
         self.seed = seed
         self.process_index = process_index
         self.num_processes = num_processes
+        self.every_row = torch.arange(len(data.desirable))
         self.liked = torch.from_numpy(np.flatnonzero(data.desirable))
         self.disliked = torch.from_numpy(np.flatnonzero(~data.desirable))
         # +1: prompt slot 0 of the cache is the empty prompt used by caption dropout.
@@ -279,6 +280,8 @@ class StepSampler:
         else:
             if self.objective == "sft":
                 rows = self._pick(self.liked, n, g)
+            elif self.desirable_ratio is None:
+                rows = self._pick(self.every_row, n, g)
             else:
                 want_liked = torch.rand(n, generator=g) < self.desirable_ratio
                 if len(self.liked) == 0:

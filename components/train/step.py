@@ -10,7 +10,7 @@ and resume), ``export.py`` (the output model).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -70,15 +70,22 @@ class TrainConfig(StepConfig):
         "in the batch, as in the LLM KTO paper), class_mean (mean of the liked and disliked class means). "
         "'global_mean' is accepted as another name for batch_mean.",
     )
-    desirable_ratio: float = Field(
+    desirable_ratio: float | None = Field(
         default=0.8,
         ge=0.0,
         le=1.0,
         description="Probability that a sampled image is a liked one (paper γ = 0.8): a weighted sampler "
-        "draws liked images with this probability whatever their share of the data (kto only).",
+        "draws liked images with this probability whatever their share of the data (kto only). null draws "
+        "images uniformly, each class at its share of the data; then balance the classes with "
+        "desirable_weight / undesirable_weight instead (the label step's stats.json has weights for that "
+        "case, keeping λ_D·n_D / λ_U·n_U in the KTO paper's [1, 4/3]). Using both would rebalance twice.",
     )
-    desirable_weight: float = Field(default=1.0, ge=0, description="Loss weight λ_D of liked images.")
-    undesirable_weight: float = Field(default=1.0, ge=0, description="Loss weight λ_U of disliked images.")
+    desirable_weight: float = Field(
+        default=1.0, ge=0, description="Loss weight λ_D of liked images (paper: 1, with γ = 0.8)."
+    )
+    undesirable_weight: float = Field(
+        default=1.0, ge=0, description="Loss weight λ_U of disliked images (paper: 1, with γ = 0.8)."
+    )
     caption_dropout: float = Field(
         default=0.2,
         ge=0.0,
@@ -310,3 +317,24 @@ def run(config: TrainConfig) -> TrainResult:
     from components.train.loop import train
 
     return train(config)
+
+
+def label_class_weights(
+    settings: dict[str, Any], explicit: set[str], label_stats_uri: str
+) -> dict[str, float]:
+    """The class weights the pipeline takes from the label step's stats.json, if any.
+
+    The label step's λ_D / λ_U keep λ_D·n_D / λ_U·n_U in [1, 4/3] under uniform sampling. With
+    ``desirable_ratio`` set, the trainer's sampler already draws liked images with probability γ, and
+    the weights on top would rebalance twice (γ = 0.8 with Pick-a-Pic's λ_D = 2.9 weighs liked images
+    11.6x): then λ_D = λ_U = 1, the paper's setting. Weights the user set (``explicit``) always win.
+    """
+    if settings.get("desirable_ratio") is not None or explicit & {"desirable_weight", "undesirable_weight"}:
+        return {}
+    from components.shared import storage
+
+    stats = storage.read_json(label_stats_uri)
+    return {
+        "desirable_weight": float(stats.get("desirable_weight", 1.0)),
+        "undesirable_weight": float(stats.get("undesirable_weight", 1.0)),
+    }

@@ -7,6 +7,8 @@ is in test_distributed.py). The launcher must mark a CPU-only multi-process laun
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,42 @@ def test_gpu_and_single_process_launches_leave_the_backend_alone() -> None:
         LaunchPlan(gpus_per_node=2, env={"ACCELERATE_USE_CPU": "false"}), cuda_available=False, base={}
     )
     assert forced["ACCELERATE_USE_CPU"] == "false"
+
+
+@pytest.mark.parametrize("ratio", [0.8, None], ids=["gamma", "uniform"])
+def test_kto_draws_liked_images_at_gamma_or_at_their_share(ratio: float | None) -> None:
+    """γ = 0.8 draws liked images 80% of the time whatever the data; None draws every image uniformly,
+    so liked ones come at their share of the data (here 1 in 4)."""
+    n = 40
+    data = TrainData(
+        source="memory",
+        data_hash="h",
+        sample_ids=[str(i) for i in range(n)],
+        image_uris=[f"/img/{i}.png" for i in range(n)],
+        prompts=["a"],
+        prompt_index=np.zeros(n, dtype=np.int64),
+        desirable=np.arange(n) % 4 == 0,
+    )
+    sampler = StepSampler(
+        data, objective="kto", batch_size=64, desirable_ratio=ratio, caption_dropout=0.0, hflip=False, seed=0
+    )
+    draws = torch.cat([sampler.batch(i).desirable for i in range(100)]).float()
+    expected = 0.8 if ratio is not None else 0.25
+    assert abs(float(draws.mean()) - expected) < 0.02
+    if ratio is None:  # every image is drawn, not just some of each class
+        rows = torch.cat([sampler.batch(i).rows for i in range(100)])
+        assert len(torch.unique(rows)) == n
+
+
+def test_label_weights_reach_the_trainer_only_with_uniform_sampling(tmp_path: Path) -> None:
+    from components.shared import storage
+    from components.train.step import label_class_weights
+
+    stats = str(tmp_path / "stats.json")
+    storage.write_json(stats, {"desirable_weight": 2.9, "undesirable_weight": 1.0})
+    assert label_class_weights({"desirable_ratio": 0.8}, set(), stats) == {}
+    assert label_class_weights({"desirable_ratio": None}, set(), stats) == {
+        "desirable_weight": 2.9,
+        "undesirable_weight": 1.0,
+    }
+    assert label_class_weights({"desirable_ratio": None}, {"desirable_weight"}, stats) == {}
