@@ -228,3 +228,36 @@ def test_hps_scorer_on_a_tiny_open_clip_checkpoint(tmp_path, coloured_images) ->
         out = model(torch.stack([preprocess(im) for im in coloured_images]), tokenizer(PROMPTS))
     expected = (out["image_features"] @ out["text_features"].T).diagonal().double().numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_preprocessing_matches_transformers_clip_image_processor_on_non_square_images(tmp_path) -> None:
+    """Same pixels as transformers' CLIPImageProcessorPil, which truncates the long side (int(size *
+    long / short)); rounding it instead moved the crop by a pixel on e.g. 333x517 images."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    settings = {"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}, "resample": 3}
+    (tmp_path / "preprocessor_config.json").write_text(
+        __import__("json").dumps({**settings, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)})
+    )
+    ours = ClipImagePreprocessor.for_model(str(tmp_path), 224)
+    theirs = CLIPImageProcessorPil(**settings, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    rng = np.random.default_rng(0)
+    for w, h in ((333, 517), (700, 225), (512, 512)):
+        image = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        expected = theirs(images=[image], return_tensors="np")["pixel_values"]
+        np.testing.assert_allclose(ours([image]), expected, atol=1e-5, err_msg=f"{w}x{h}")
+
+
+def test_scoring_files_equals_scoring_decoded_images(tiny_clip, coloured_images, tmp_path) -> None:
+    paths = []
+    for k, image in enumerate(coloured_images):
+        paths.append(str(tmp_path / f"{k}.png"))
+        image.save(paths[-1])
+    scorer = get_scorer("clip_score", model_path=str(tiny_clip), batch_size=4)
+    np.testing.assert_array_equal(scorer.score_files(paths, PROMPTS), scorer.score(coloured_images, PROMPTS))
+    with pytest.raises(ScorerError, match="6 images but 5 prompts"):
+        scorer.score_files(paths, PROMPTS[:5])

@@ -1,7 +1,7 @@
 """What the CLIP-based scorers share: finding the weights, CLIP's image preprocessing, and embeddings.
 
-Preprocessing is done here with PIL and numpy, as OpenAI's CLIP and open_clip do it (resize the shortest
-side with bicubic resampling, center-crop, scale to [0, 1], normalise with CLIP's mean and std), because
+Preprocessing is done here with PIL and numpy, as transformers' ``CLIPImageProcessorPil`` does it (resize
+the shortest side with bicubic resampling, the long side truncated to an integer, center-crop, scale to [0, 1], normalise with CLIP's mean and std), because
 transformers 5's ``CLIPImageProcessor`` needs torchvision. The sizes, mean and std come from the model
 directory's ``preprocessor_config.json`` when it has one, else from the vision tower's ``image_size`` and
 CLIP's constants (which laion/CLIP-ViT-H-14-laion2B-s32B-b79K, PickScore's processor, also uses).
@@ -76,8 +76,11 @@ class ClipImagePreprocessor:
         for k, image in enumerate(images):
             image = image.convert("RGB")
             w, h = image.size
-            scale = self.size / min(w, h)
-            new_w, new_h = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+            # The long side is truncated, as transformers' get_resize_output_image_size computes it
+            # (int(size * long / short)); rounding it shifts the crop by a pixel on non-square images.
+            short, long = min(w, h), max(w, h)
+            new_long = int(self.size * long / short)
+            new_w, new_h = (self.size, new_long) if w <= h else (new_long, self.size)
             image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
             left, top = (new_w - self.crop) // 2, (new_h - self.crop) // 2
             image = image.crop((left, top, left + self.crop, top + self.crop))
