@@ -4,22 +4,23 @@ The candidate and the baseline (the model in production, or the base model when 
 yet) generate images for the same prompts from the same initial noise, so every statistic here is paired:
 
 - per metric, the mean score of each model and the mean paired difference (candidate − baseline), with a
-  seeded bootstrap 95% CI that resamples *prompts* (images of one prompt share the prompt, so they are not
-  independent draws);
+  seeded bootstrap CI (at ``GatePolicy.confidence``, 95% by default) that resamples *prompts* (images of
+  one prompt share the prompt, so they are not independent draws);
 - the win rate in the protocol of Diffusion-KTO (Li et al., NeurIPS 2024, §5): several images per prompt,
-  the median-scoring image of each model per prompt is compared, a tie counts half; its 95% CI is the
+  the median-scoring image of each model per prompt is compared, a tie counts half; its CI is the
   Wilson score interval over prompts (a bootstrap CI collapses to a point when every prompt is a win,
   which would let a handful of lucky prompts pass the gate).
 
-``decide`` is a pure function that fails closed: a missing metric, a NaN, too few prompts, a scorer error,
-a model that could not be loaded, or any unexpected input gives ``passed=False`` with each reason spelled
+``decide`` is a pure function that fails closed: a missing metric, a NaN, too few prompts, prompts or image
+counts that differ between the two models, a scorer error, a model that could not be loaded, or any
+unexpected input gives ``passed=False`` with each reason spelled
 out. It never raises and never passes by default.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,9 @@ class GatePolicy(StepConfig):
         0.5,
         ge=0.0,
         le=1.0,
-        description="The lower bound of the 95% CI of the primary metric's win rate must be strictly above "
-        "this (0.5: the candidate wins more prompts than it loses, with confidence).",
+        description="The lower bound of the primary metric's win-rate CI (at gate.confidence, 95% by "
+        "default) must be strictly above this (0.5: the candidate wins more prompts than it loses, with "
+        "confidence).",
     )
     max_regression: dict[str, float] = Field(
         default_factory=dict,
@@ -107,11 +109,13 @@ class MetricComparison(BaseModel):
 
 
 class Comparison(BaseModel):
-    """All metrics compared on the same prompts; ``per_prompt_diff`` feeds the report's gains/losses."""
+    """All metrics compared on the same prompts; ``per_prompt_diff`` feeds the report's gains/losses;
+    ``mismatches`` says where the two models' images are not paired one to one (each one fails the gate)."""
 
     n_prompts: int
     metrics: dict[str, MetricComparison]
     per_prompt_diff: dict[str, dict[int, float]] = Field(default_factory=dict)
+    mismatches: list[str] = Field(default_factory=list)
 
 
 class GateDecision(BaseModel):
@@ -122,6 +126,12 @@ class GateDecision(BaseModel):
     primary_metric: str
     n_prompts: int
     metrics: dict[str, dict[str, Any]]
+    confidence: float = 0.95
+
+
+def ci_label(confidence: float) -> str:
+    """How an interval at ``confidence`` is named in reasons and the report: ``"95% CI"``, ``"97.5% CI"``."""
+    return f"{round(float(confidence) * 100, 4):g}% CI"
 
 
 # ---------------------------------------------------------------- statistics
@@ -172,7 +182,9 @@ def compare(
 
     ``scores`` is a table (pandas DataFrame) with one row per image: ``model`` ("candidate" or
     "baseline"), ``prompt_index``, ``image_index`` and one column per metric. Only prompts present for
-    both models count; ``n_prompts`` is that number.
+    both models count; ``n_prompts`` is that number. Prompts only one model has, and prompts whose two
+    models have different numbers of images (the image-level means would then weigh prompts differently
+    from the prompt-level differences), are listed in ``mismatches``, which ``decide`` turns into failures.
     """
     import pandas as pd
 
@@ -181,6 +193,7 @@ def compare(
     cand = df[df["model"] == "candidate"]
     base = df[df["model"] == "baseline"]
     common = sorted(set(cand["prompt_index"]) & set(base["prompt_index"]))
+    mismatches = _pairing_mismatches(cand, base)
     out: dict[str, MetricComparison] = {}
     per_prompt: dict[str, dict[int, float]] = {}
     for metric in metrics:
@@ -217,7 +230,33 @@ def compare(
             n_prompts=n,
         )
         per_prompt[metric] = {int(p): float(d) for p, d in zip(common, diffs, strict=True)}
-    return Comparison(n_prompts=len(common), metrics=out, per_prompt_diff=per_prompt)
+    return Comparison(n_prompts=len(common), metrics=out, per_prompt_diff=per_prompt, mismatches=mismatches)
+
+
+def _pairing_mismatches(cand: Any, base: Any, show: int = 5) -> list[str]:
+    """Why the candidate's and the baseline's images are not paired one to one (empty when they are)."""
+    c_counts = cand.groupby("prompt_index").size().to_dict()
+    b_counts = base.groupby("prompt_index").size().to_dict()
+    problems = []
+    only_c = sorted(set(c_counts) - set(b_counts))
+    only_b = sorted(set(b_counts) - set(c_counts))
+    if only_c or only_b:
+        problems.append(
+            f"the two models were scored on different prompts: {len(only_c)} prompt(s) only for the "
+            f"candidate (prompt_index {only_c[:show]}{' ...' if len(only_c) > show else ''}), {len(only_b)} "
+            f"only for the baseline (prompt_index {only_b[:show]}{' ...' if len(only_b) > show else ''}); "
+            "a paired comparison needs the same prompts for both"
+        )
+    uneven = sorted(p for p in set(c_counts) & set(b_counts) if c_counts[p] != b_counts[p])
+    if uneven:
+        examples = ", ".join(
+            f"prompt_index {p}: candidate {c_counts[p]}, baseline {b_counts[p]}" for p in uneven[:show]
+        )
+        problems.append(
+            f"{len(uneven)} prompt(s) have a different number of images per model ({examples}"
+            f"{' ...' if len(uneven) > show else ''}); a paired comparison needs the same images per prompt"
+        )
+    return problems
 
 
 # ---------------------------------------------------------------- the decision
@@ -237,15 +276,19 @@ def decide(
     scorer_errors: Mapping[str, str] | None = None,
     candidate_error: str | None = None,
     baseline_error: str | None = None,
+    setup_errors: Sequence[str] = (),
 ) -> GateDecision:
     """Apply the gate to a comparison. Pure, never raises, fails closed.
 
     Every failed check adds a reason; ``passed`` is True only if the primary metric's win-rate check ran
     and nothing failed. ``scorer_errors`` maps a metric to the error its scorer raised;
-    ``candidate_error`` / ``baseline_error`` say why a model could not be loaded or could not generate.
+    ``candidate_error`` / ``baseline_error`` say why a model could not be loaded or could not generate;
+    ``setup_errors`` are other reasons the two models were not compared like with like (each one fails).
     """
     try:
-        return _decide(policy, comparison, dict(scorer_errors or {}), candidate_error, baseline_error)
+        return _decide(
+            policy, comparison, dict(scorer_errors or {}), candidate_error, baseline_error, list(setup_errors)
+        )
     except Exception as err:  # fail closed on anything unforeseen, with the error in the reasons
         return GateDecision(
             passed=False,
@@ -253,7 +296,13 @@ def decide(
             primary_metric=getattr(policy, "primary_metric", "?"),
             n_prompts=0,
             metrics={},
+            confidence=_confidence(policy),
         )
+
+
+def _confidence(policy: Any) -> float:
+    value = getattr(policy, "confidence", 0.95)
+    return float(value) if _finite(value) else 0.95
 
 
 def _decide(
@@ -262,9 +311,11 @@ def _decide(
     scorer_errors: dict[str, str],
     candidate_error: str | None,
     baseline_error: str | None,
+    setup_errors: list[str],
 ) -> GateDecision:
-    reasons: list[str] = []
+    reasons: list[str] = list(setup_errors)
     primary = policy.primary_metric
+    ci = ci_label(policy.confidence)
     if candidate_error:
         reasons.append(f"the candidate model could not be evaluated: {candidate_error}")
     if baseline_error:
@@ -276,7 +327,9 @@ def _decide(
     n_prompts = comparison.n_prompts if comparison is not None else 0
     if comparison is None:
         reasons.append("no comparison of candidate and baseline scores was made")
-    elif n_prompts < policy.min_prompts:
+    else:
+        reasons.extend(comparison.mismatches)
+    if comparison is not None and n_prompts < policy.min_prompts:
         reasons.append(
             f"only {n_prompts} prompts were compared; the policy needs at least {policy.min_prompts} "
             "(gate.min_prompts)"
@@ -300,7 +353,7 @@ def _decide(
             primary_checked = True
             if not m.win_rate_ci_low > policy.min_win_rate_ci_low:
                 reasons.append(
-                    f"{metric} win rate {m.win_rate:.1%} (95% CI {m.win_rate_ci_low:.1%}–"
+                    f"{metric} win rate {m.win_rate:.1%} ({ci} {m.win_rate_ci_low:.1%}–"
                     f"{m.win_rate_ci_high:.1%}): the CI's lower bound must exceed "
                     f"{policy.min_win_rate_ci_low:.1%} (gate.min_win_rate_ci_low)"
                 )
@@ -332,7 +385,7 @@ def _decide(
     if passed:
         m = metrics[primary]
         reasons.append(
-            f"{primary} win rate {m.win_rate:.1%} (95% CI {m.win_rate_ci_low:.1%}–{m.win_rate_ci_high:.1%}) "
+            f"{primary} win rate {m.win_rate:.1%} ({ci} {m.win_rate_ci_low:.1%}–{m.win_rate_ci_high:.1%}) "
             f"over {n_prompts} prompts exceeds {policy.min_win_rate_ci_low:.1%}, and every other check passed"
         )
     elif not reasons:
@@ -343,4 +396,5 @@ def _decide(
         primary_metric=primary,
         n_prompts=n_prompts,
         metrics={name: mc.model_dump() for name, mc in metrics.items()},
+        confidence=float(policy.confidence),
     )

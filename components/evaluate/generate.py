@@ -140,6 +140,36 @@ def set_scheduler(pipe: Any, name: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
+#: Scheduler config fields that change what a sampler computes, recorded in decision.json and the report.
+KEY_SCHEDULER_FIELDS = (
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "prediction_type",
+    "timestep_spacing",
+    "steps_offset",
+    "algorithm_type",
+    "solver_order",
+    "use_karras_sigmas",
+    "rescale_betas_zero_snr",
+)
+
+
+def scheduler_config(scheduler: Any) -> dict[str, Any]:
+    """A scheduler's full public config (diffusers' private ``_*`` entries such as its version left out)."""
+    return {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+
+
+def scheduler_summary(scheduler: Any) -> dict[str, Any]:
+    """The scheduler's class and the config fields that decide what it samples (for records)."""
+    config = scheduler_config(scheduler)
+    return {
+        "class": type(scheduler).__name__,
+        **{k: config[k] for k in KEY_SCHEDULER_FIELDS if k in config},
+    }
+
+
 @dataclass
 class GeneratedImage:
     """One generated image and where it was written."""
@@ -171,12 +201,15 @@ def generate_images(
     pipeline: Any = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
     image_dir: str = "images",
+    on_pipeline: Callable[[Any], None] | None = None,
 ) -> list[GeneratedImage]:
     """Generate ``images_per_prompt`` images per prompt with ``model``, write PNGs and ``index.parquet``.
 
     PNGs go to ``out/<image_dir>/`` (``image_dir=""``: directly under ``out``). ``pipeline`` may be given
     pre-loaded (benchmarks); otherwise it is loaded with
     ``components.shared.models.load_pipeline`` (diffusers directories and LoRA outputs, local or gs://).
+    ``on_pipeline`` is called with the pipeline once its scheduler is set, before any image is drawn (the
+    evaluate step records the scheduler and stops when the two models' samplers differ).
     """
     import numpy as np
     import pyarrow as pa
@@ -193,6 +226,8 @@ def generate_images(
     pipe = pipeline
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
+    if on_pipeline is not None:
+        on_pipeline(pipe)
 
     unet_cfg = pipe.unet.config
     scale = getattr(pipe, "vae_scale_factor", 8)

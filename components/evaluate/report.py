@@ -1,9 +1,10 @@
 """The evaluation report: one self-contained HTML page for the person deciding whether to ship.
 
 The first line is the decision (large, green for ship, red for do not ship) with the main reason; then
-the gate's reasons, a table of every metric with its 95% CIs, and side-by-side candidate vs baseline images
-for the prompts where the primary metric gained and lost the most. Images are embedded as base64 PNG, so
-the file can be mailed, attached to a KFP run or opened offline.
+the gate's reasons, a table of every metric with its CIs (at the gate's confidence, 95% by default), and
+side-by-side candidate vs baseline images for the prompts where the primary metric gained and lost the
+most. Images are embedded as base64 PNG, so the file can be mailed, attached to a KFP run or opened
+offline.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def _pct(x: Any) -> str:
     return "NaN" if not math.isfinite(value) else f"{value:.1%}"
 
 
+def _float(x: Any) -> float:
+    """A number from decision.json, where a non-finite value is written as null: NaN for null or junk."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _png_data_uri(uri: str) -> str:
     try:
         data = storage.read_bytes(uri)
@@ -88,7 +97,8 @@ def render_report(
 ) -> str:
     """The report as one HTML string.
 
-    ``decision`` is decision.json's content; ``scores`` the per-image table (pandas DataFrame with
+    ``decision`` is decision.json's content (its ``confidence`` names the intervals; 0.95 if absent, and
+    a metric value may be null where it was not finite); ``scores`` the per-image table (pandas DataFrame with
     ``model``, ``prompt``, ``prompt_index``, ``image_index``, ``image_path`` and metric columns);
     ``per_prompt_diff`` the primary metric's mean paired difference per prompt index (picks the gains and
     losses shown); ``gate_roles`` a short label per metric (primary, max drop, floor).
@@ -98,6 +108,10 @@ def render_report(
     primary = str(decision.get("primary_metric", ""))
     metrics: dict[str, dict[str, Any]] = decision.get("metrics") or {}
     gate_roles = gate_roles or {}
+    from components.evaluate.gate import ci_label
+
+    confidence = _float(decision.get("confidence", 0.95))
+    ci = ci_label(confidence if math.isfinite(confidence) else 0.95)
     headline = (
         "SHIP — the candidate passed the gate" if passed else "DO NOT SHIP — the candidate failed the gate"
     )
@@ -134,14 +148,14 @@ def render_report(
     if metrics:
         parts.append(
             "<table class='metrics'><tr><th>Metric</th><th>Candidate</th><th>Baseline</th>"
-            "<th>Difference (95% CI)</th><th>Candidate win rate (95% CI)</th></tr>"
+            f"<th>Difference ({ci})</th><th>Candidate win rate ({ci})</th></tr>"
         )
         ordered = sorted(metrics, key=lambda name: (name != primary, name))
         for name in ordered:
             m = metrics[name]
-            diff = float(m.get("mean_diff", math.nan))
-            lo = float(m.get("diff_ci_low", math.nan))
-            hi = float(m.get("diff_ci_high", math.nan))
+            diff = _float(m.get("mean_diff"))
+            lo = _float(m.get("diff_ci_low"))
+            hi = _float(m.get("diff_ci_high"))
             higher = bool(m.get("higher_is_better", True))
             # Colour the difference only when its whole CI is on one side of zero.
             cls = ""
@@ -150,9 +164,9 @@ def render_report(
             win = m.get("win_rate")
             win_lo, win_hi = m.get("win_rate_ci_low"), m.get("win_rate_ci_high")
             win_cls = ""
-            if win_lo is not None and math.isfinite(float(win_lo)) and float(win_lo) > 0.5:
+            if math.isfinite(_float(win_lo)) and _float(win_lo) > 0.5:
                 win_cls = "good"
-            elif win_hi is not None and math.isfinite(float(win_hi)) and float(win_hi) < 0.5:
+            elif math.isfinite(_float(win_hi)) and _float(win_hi) < 0.5:
                 win_cls = "bad"
             role = gate_roles.get(name, "")
             tag = f"<span class='tag'>{html.escape(role)}</span>" if role else ""
@@ -188,9 +202,13 @@ def render_report(
             "The number beside each prompt is its mean paired difference.</p>"
         )
         parts.append(f"<h2>Largest gains in {html.escape(primary)}</h2>")
-        parts.extend(_prompt_blocks(scores, gains, primary) or ["<p class='note'>No prompt improved.</p>"])
+        parts.extend(
+            _prompt_blocks(scores, gains, primary, higher) or ["<p class='note'>No prompt improved.</p>"]
+        )
         parts.append(f"<h2>Largest losses in {html.escape(primary)}</h2>")
-        parts.extend(_prompt_blocks(scores, losses, primary) or ["<p class='note'>No prompt got worse.</p>"])
+        parts.extend(
+            _prompt_blocks(scores, losses, primary, higher) or ["<p class='note'>No prompt got worse.</p>"]
+        )
 
     if settings:
         parts.append("<h2>Settings</h2><p class='note'>")
@@ -204,7 +222,9 @@ def render_report(
     return "\n".join(parts)
 
 
-def _prompt_blocks(scores: Any, picked: list[tuple[int, float]], primary: str) -> list[str]:
+def _prompt_blocks(
+    scores: Any, picked: list[tuple[int, float]], primary: str, higher_is_better: bool = True
+) -> list[str]:
     blocks = []
     for prompt_index, diff in picked:
         rows = scores[scores["prompt_index"] == prompt_index]
@@ -212,8 +232,10 @@ def _prompt_blocks(scores: Any, picked: list[tuple[int, float]], primary: str) -
             continue
         prompt = str(rows["prompt"].iloc[0])
         sign = "+" if diff > 0 else ""
+        # Green for an improvement: a drop is one when lower is better.
+        better = (diff > 0) == higher_is_better
         blocks.append(
-            f"<div class='prompt'><h3>“{html.escape(prompt)}” <span class='delta {'good' if diff > 0 else 'bad'}'>"
+            f"<div class='prompt'><h3>“{html.escape(prompt)}” <span class='delta {'good' if better else 'bad'}'>"
             f"{html.escape(primary)} {sign}{_fmt(diff)}</span></h3><div class='pair'>"
         )
         for model in ("candidate", "baseline"):

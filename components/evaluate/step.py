@@ -7,18 +7,24 @@ image with each configured scorer, compares the two models (``gate.compare``), a
 - ``images/candidate/``, ``images/baseline/`` (PNGs) with an ``index.parquet`` each;
 - ``scores.parquet``: one row per image (model, prompt, prompt_index, image_index, seed, image_path,
   one column per metric);
-- ``decision.json``: the verdict, its reasons and the numbers (schema in /work/contracts.md);
-- ``metrics.json``: a flat ``{name: float}`` for KFP ``Metrics``;
+- ``decision.json``: the verdict, its reasons and the numbers (schema in /work/contracts.md), strict JSON:
+  a non-finite number is written as null and its field listed under ``non_finite``; ``scheduler`` records
+  the sampler each model actually used;
+- ``metrics.json``: a flat ``{name: float}`` for KFP ``Metrics`` (finite values only);
 - ``report.html``: one self-contained page for the person deciding whether to ship.
 
-A model that cannot be loaded or a scorer that fails becomes a failed decision with the reason spelled
-out, never an exception a pipeline could mistake for success.
+A model that cannot be loaded, a scorer that fails, or two models that would sample with different
+schedulers (``scheduler: default``) becomes a failed decision with the reason spelled out, never an
+exception a pipeline could mistake for success.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,7 +33,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from components.evaluate.gate import GatePolicy
 from components.shared import storage
 from components.shared.config import StepConfig
-from components.shared.telemetry import StepTelemetry
+from components.shared.telemetry import StepTelemetry, get_logger
 
 
 class EvaluateConfig(StepConfig):
@@ -66,7 +72,8 @@ class EvaluateConfig(StepConfig):
     scheduler: str = Field(
         "dpm_solver_multistep",
         description="Sampler used for both models (dpm_solver_multistep, ddim, euler, euler_ancestral, "
-        "pndm, unipc, ddpm, or 'default' for the model's own).",
+        "pndm, unipc, ddpm, or 'default' for each model's own; with 'default' the evaluation fails when "
+        "the two models' schedulers differ, as their images would not be comparable).",
     )
     resolution: int | None = Field(
         None, ge=8, description="Image height and width in pixels (None: the model's default)."
@@ -162,14 +169,19 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     out = config.output_dir
     # A failing verdict first: if this run stops before its real decision is written, an earlier run's
     # (possibly passing) decision.json in the same directory must not be read as this candidate's.
-    storage.write_json(
+    started_at = _utc_now()
+    write_json_strict(
         storage.join(out, "decision.json"),
         {
             "passed": False,
-            "reasons": [f"the evaluation started at {_utc_now()} did not finish; failing closed"],
+            "reasons": [f"the evaluation started at {started_at} did not finish; failing closed"],
+            "primary_metric": config.gate.primary_metric,
+            "n_prompts": 0,
             "candidate_model": config.candidate_model,
             "baseline_model": config.baseline_model,
             "baseline_version": config.baseline_version,
+            "metrics": {},
+            "created_at": started_at,
         },
     )
     prompts = load_prompts(config.prompts, config.max_prompts)
@@ -186,6 +198,8 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     # 1. Generation: same prompts, same per-image noise, one model at a time (memory).
     generated: dict[str, list[Any]] = {}
     model_errors: dict[str, str] = {}
+    setup_errors: list[str] = []
+    schedulers: dict[str, dict[str, Any]] = {}
     images_total = telemetry.counter("images_generated_total", "Images generated", ("model",))
     phase_seconds = telemetry.gauge("phase_duration_seconds", "Wall time of each phase", ("phase",))
     for role, model in (("candidate", config.candidate_model), ("baseline", config.baseline_model)):
@@ -210,8 +224,12 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                 dtype=config.dtype,
                 model_id=model,
                 image_dir="",
+                on_pipeline=_scheduler_recorder(role, config.scheduler, schedulers),
             )
             images_total.labels(model=role).inc(len(generated[role]))
+        except SchedulerMismatchError as err:
+            setup_errors.append(str(err))
+            log.error("%s", err)
         except Exception as err:
             model_errors[role] = f"{model}: {type(err).__name__}: {err}"
             log.error("%s model could not generate: %s", role, model_errors[role])
@@ -240,11 +258,11 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     scorer_errors: dict[str, str] = {}
     directions: dict[str, bool] = {}
     scored: list[str] = []
-    if not model_errors:
+    if not model_errors and not setup_errors:
         t0 = time.perf_counter()
-        from components.evaluate.generate import read_image
-
-        images = [read_image(path) for path in scores["image_path"]]
+        # Paths, not decoded images: each scorer decodes one batch at a time (Scorer.score_files), so
+        # memory does not grow with the number of prompts.
+        image_paths = scores["image_path"].tolist()
         image_prompts = scores["prompt"].tolist()
         for name in config.scorers:
             try:
@@ -256,9 +274,9 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                     device=device,
                     batch_size=config.scorer_batch_size,
                 )
-                values = scorer.score(images, image_prompts)
-                if len(values) != len(images):
-                    raise ValueError(f"returned {len(values)} scores for {len(images)} images")
+                values = scorer.score_files(image_paths, image_prompts)
+                if len(values) != len(image_paths):
+                    raise ValueError(f"returned {len(values)} scores for {len(image_paths)} images")
                 scores[name] = [float(v) for v in values]
                 directions[name] = bool(getattr(scorer, "higher_is_better", True))
                 scored.append(name)
@@ -272,7 +290,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
 
     # 3. Comparison and decision (pure; never raises).
     comparison = None
-    if not model_errors and scored:
+    if not model_errors and not setup_errors and scored:
         try:
             comparison = gate_lib.compare(scores, scored, config.gate, directions)
         except Exception as err:
@@ -283,7 +301,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         scorer_errors=scorer_errors,
         candidate_error=model_errors.get("candidate"),
         baseline_error=model_errors.get("baseline"),
+        setup_errors=setup_errors,
     )
+    # JSON has no NaN or infinity: such a value becomes null and its field is named in non_finite.
+    decision_metrics, non_finite = nulls_for_non_finite(verdict.metrics)
     decision: dict[str, Any] = {
         "passed": verdict.passed,
         "reasons": verdict.reasons,
@@ -292,8 +313,11 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         "candidate_model": config.candidate_model,
         "baseline_model": config.baseline_model,
         "baseline_version": config.baseline_version,
-        "metrics": verdict.metrics,
+        "metrics": decision_metrics,
+        "non_finite": non_finite,
         "created_at": _utc_now(),
+        "confidence": config.gate.confidence,
+        "scheduler": {"requested": config.scheduler, **{r: s["summary"] for r, s in schedulers.items()}},
         "images_per_prompt": config.images_per_prompt,
         "seed": config.seed,
         "scorer_errors": scorer_errors,
@@ -309,8 +333,8 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         "report": storage.join(out, "report.html"),
     }
     storage.write_parquet(scores, paths["scores"])
-    storage.write_json(paths["decision"], decision)
-    storage.write_json(paths["metrics"], flat)
+    write_json_strict(paths["decision"], decision)
+    write_json_strict(paths["metrics"], flat)
     storage.write_text(storage.join(out, "evaluate_config.yaml"), config.to_yaml())
     per_prompt = comparison.per_prompt_diff.get(config.gate.primary_metric) if comparison else None
     html_text = render_report(
@@ -322,7 +346,8 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         settings={
             "images per prompt": config.images_per_prompt,
             "seed": config.seed,
-            "sampler": f"{config.scheduler}, {config.num_inference_steps} steps, CFG {config.guidance_scale}",
+            "sampler": f"{sampler_label(config.scheduler, schedulers)}, {config.num_inference_steps} steps, "
+            f"CFG {config.guidance_scale}",
             "resolution": config.resolution or "model default",
             "min prompts": config.gate.min_prompts,
             "min win-rate CI low": config.gate.min_win_rate_ci_low,
@@ -361,6 +386,90 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         metrics_path=paths["metrics"],
         duration_s=duration,
     )
+
+
+class SchedulerMismatchError(RuntimeError):
+    """With ``scheduler: default``, the baseline would sample with another scheduler than the candidate."""
+
+
+def _scheduler_recorder(
+    role: str, requested: str, schedulers: dict[str, dict[str, Any]]
+) -> Callable[[Any], None]:
+    """A ``generate_images`` hook that records the scheduler ``role``'s pipeline samples with, and stops
+    the baseline's generation when, with the models' own schedulers, it differs from the candidate's."""
+    from components.evaluate.generate import scheduler_config, scheduler_summary
+
+    def record(pipe: Any) -> None:
+        schedulers[role] = {
+            "summary": scheduler_summary(pipe.scheduler),
+            "config": scheduler_config(pipe.scheduler),
+        }
+        if role != "baseline" or "candidate" not in schedulers:
+            return
+        difference = scheduler_difference(schedulers["candidate"], schedulers["baseline"])
+        if not difference:
+            return
+        if requested == "default":
+            raise SchedulerMismatchError(
+                "scheduler is 'default' and the two models' own schedulers differ "
+                f"({difference}); their images would differ by sampler as well as by weights. Name one "
+                "sampler in the evaluate config's scheduler (e.g. dpm_solver_multistep) so both models use it"
+            )
+        get_logger("evaluate").warning(
+            "scheduler %r: built from each model's own scheduler config, which differ (%s)",
+            requested,
+            difference,
+        )
+
+    return record
+
+
+def scheduler_difference(candidate: dict[str, Any], baseline: dict[str, Any], show: int = 6) -> str:
+    """How two recorded schedulers differ, naming both ("" when class and config agree)."""
+    c_class, b_class = candidate["summary"]["class"], baseline["summary"]["class"]
+    c_cfg, b_cfg = candidate["config"], baseline["config"]
+    keys = sorted(k for k in set(c_cfg) | set(b_cfg) if c_cfg.get(k) != b_cfg.get(k))
+    if c_class == b_class and not keys:
+        return ""
+    text = f"candidate {c_class}, baseline {b_class}"
+    if keys:
+        shown = "; ".join(f"{k}: candidate {c_cfg.get(k)!r}, baseline {b_cfg.get(k)!r}" for k in keys[:show])
+        more = f"; and {len(keys) - show} more" if len(keys) > show else ""
+        text += f"; config differs in {shown}{more}"
+    return text
+
+
+def sampler_label(requested: str, schedulers: dict[str, dict[str, Any]]) -> str:
+    """The report's sampler setting: the scheduler class each model used, and what the config asked for."""
+    classes = {role: s["summary"]["class"] for role, s in schedulers.items()}
+    if not classes:
+        return requested
+    if len(set(classes.values())) == 1:
+        return f"{next(iter(classes.values()))} ({requested})"
+    return ", ".join(f"{role} {cls}" for role, cls in classes.items()) + f" ({requested})"
+
+
+def nulls_for_non_finite(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """``value`` with every NaN or infinite number replaced by None (JSON null), and the dotted paths of
+    those fields (``"pickscore.mean_diff"``), for strict JSON."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        found: list[str] = []
+        for key, item in value.items():
+            out[key], sub = nulls_for_non_finite(item, f"{path}.{key}" if path else str(key))
+            found.extend(sub)
+        return out, found
+    if isinstance(value, list | tuple):
+        items = [nulls_for_non_finite(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [item for item, _ in items], [p for _, sub in items for p in sub]
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(float(value)):
+        return None, [path]
+    return value, []
+
+
+def write_json_strict(uri: str, obj: Any) -> None:
+    """Write standard JSON: a NaN or infinity raises instead of becoming a bare ``NaN`` other parsers reject."""
+    storage.write_text(uri, json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
 
 
 def flat_metrics(metrics: dict[str, dict[str, Any]], passed: bool, n_prompts: int) -> dict[str, float]:

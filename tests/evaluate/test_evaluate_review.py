@@ -63,3 +63,31 @@ def test_crashed_evaluation_does_not_leave_an_old_passing_decision(tmp_path) -> 
     decision = load_decision(str(out))
     assert decision["passed"] is False
     assert decision["candidate_model"] == config.candidate_model
+
+
+def test_placeholder_decision_has_every_contract_key(tmp_path) -> None:
+    """The failing decision an interrupted run leaves behind is a complete decision.json."""
+    config = EvaluateConfig(
+        candidate_model=str(tmp_path / "new-candidate"),
+        baseline_model=str(tmp_path / "base"),
+        prompts=str(tmp_path / "missing-prompts.txt"),
+        scorers=["clip_score"],
+        gate=GatePolicy(primary_metric="clip_score"),
+        output_dir=str(tmp_path / "eval"),
+    )
+    with pytest.raises(Exception):  # noqa: B017 - the prompts are missing; what it leaves behind matters
+        run(config)
+    decision = load_decision(str(tmp_path / "eval"))
+    assert set(decision) >= {
+        "passed",
+        "reasons",
+        "primary_metric",
+        "n_prompts",
+        "candidate_model",
+        "baseline_model",
+        "baseline_version",
+        "metrics",
+        "created_at",
+    }
+    assert decision["primary_metric"] == "clip_score" and decision["n_prompts"] == 0
+    assert decision["metrics"] == {} and decision["passed"] is False

@@ -212,3 +212,46 @@ def test_every_failure_is_listed_not_only_the_first() -> None:
         scorer_errors={"hps": "missing extra"},
     )
     assert not d.passed and len(d.reasons) == 3
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_prompts_only_one_model_has_fail_the_gate_and_are_named() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(20, 1, size=(40, 2))
+    df = scores_table(base + 1.0, base)
+    clear_win = decide(POLICY, compare(df, ["pickscore"], POLICY))
+    assert clear_win.passed  # the same table, with every prompt present for both models
+    dropped = df[~((df["model"] == "baseline") & (df["prompt_index"] == 7))]
+    comparison = compare(dropped, ["pickscore"], POLICY)
+    verdict = decide(POLICY, comparison)
+    assert comparison.n_prompts == 39 and not verdict.passed
+    reason = next(r for r in verdict.reasons if "different prompts" in r)
+    assert "1 prompt(s) only for the candidate (prompt_index [7])" in reason
+
+
+def test_different_image_counts_per_prompt_fail_the_gate() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(20, 1, size=(40, 4))
+    df = scores_table(base + 1.0, base)
+    # Prompt 3 has one candidate image but four baseline images: the image-level means would weigh it
+    # differently from the prompt-level differences.
+    uneven = df[~((df["model"] == "candidate") & (df["prompt_index"] == 3) & (df["image_index"] > 0))]
+    verdict = decide(POLICY, compare(uneven, ["pickscore"], POLICY))
+    assert not verdict.passed
+    assert any("prompt_index 3: candidate 1, baseline 4" in r for r in verdict.reasons), verdict.reasons
+
+
+def test_reasons_name_the_policys_confidence_level() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(20, 1, size=(40, 2))
+    for confidence, label in ((0.8, "80% CI"), (0.975, "97.5% CI")):
+        policy = POLICY.model_copy(update={"confidence": confidence})
+        passed = decide(policy, compare(scores_table(base + 1.0, base), ["pickscore"], policy))
+        failed = decide(policy, compare(scores_table(base - 1.0, base), ["pickscore"], policy))
+        assert passed.passed and not failed.passed
+        assert label in passed.reasons[0] and label in failed.reasons[0]
+        assert "95%" not in passed.reasons[0] + failed.reasons[0]
+        assert passed.confidence == confidence
+    assert "95% CI" not in (GatePolicy.model_fields["min_win_rate_ci_low"].description or "")

@@ -146,3 +146,29 @@ def test_report_renders_in_headless_chromium(tmp_path, passed: bool) -> None:
     body = shot[200:]
     blue = (body[:, :, 2] > 180) & (body[:, :, 0] < 70) & (body[:, :, 1] < 70)
     assert blue.sum() > 4 * 100 * 100
+
+
+def test_interval_headers_follow_the_gate_confidence(tmp_path) -> None:
+    scores, diffs = _scores(tmp_path)
+    text = render_report({**_decision(True), "confidence": 0.9}, scores, diffs)
+    assert "Difference (90% CI)" in text and "win rate (90% CI)" in text and "95% CI)" not in text
+
+
+def test_per_prompt_delta_is_green_when_it_improves_a_lower_is_better_metric(tmp_path) -> None:
+    scores, _ = _scores(tmp_path)
+    decision = _decision(True)
+    decision["metrics"]["pickscore"]["higher_is_better"] = False
+    # Prompt 1 dropped by 0.4: an improvement when lower is better; prompt 0 rose by 0.9: a loss.
+    text = render_report(decision, scores, {0: 0.9, 1: -0.4}, top_k=1)
+    gains = text[text.index("Largest gains") : text.index("Largest losses")]
+    losses = text[text.index("Largest losses") :]
+    assert "<span class='delta good'>pickscore -0.4</span>" in gains
+    assert "<span class='delta bad'>pickscore +0.9</span>" in losses
+
+
+def test_null_metric_values_render_without_error(tmp_path) -> None:
+    """decision.json writes a non-finite value as null; the report shows it as NaN."""
+    decision = _decision(False)
+    decision["metrics"]["pickscore"].update(mean_diff=None, diff_ci_low=None, win_rate_ci_low=None)
+    text = render_report(decision, *_scores(tmp_path))
+    assert "DO NOT SHIP" in text and "[NaN, 0.5]" in text

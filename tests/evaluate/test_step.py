@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from components.evaluate.gate import compare, decide
+from components.evaluate.scorers.base import SCORERS, Scorer
 from components.evaluate.step import EvaluateConfig, run
 from components.shared import storage
 from components.shared.config import ConfigError
@@ -311,3 +314,152 @@ def test_run_with_models_and_outputs_on_gcs(
     assert scores["image_path"].str.startswith(f"{out}/images/").all()
     assert "DO NOT SHIP" in storage.read_text(f"{out}/report.html")
     assert set(storage.read_json(f"{out}/metrics.json")) >= {"gate_passed", "clip_score_win_rate"}
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def _strict_json(path) -> dict:
+    """Parse with a parser that rejects NaN/Infinity, as JavaScript's JSON.parse and Go's encoding/json do."""
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"{path}: non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+class NaNOnCircles(Scorer):
+    """A rule scorer: NaN for images of prompts that mention a circle, else the image's mean pixel value."""
+
+    name = "nan_on_circles"
+
+    def score_batch(self, images, prompts) -> np.ndarray:
+        return np.array(
+            [
+                math.nan if "circle" in p else float(np.asarray(im).mean())
+                for im, p in zip(images, prompts, strict=True)
+            ]
+        )
+
+
+class LiveImageCounter(Scorer):
+    """A rule scorer (mean pixel value) that records how many decoded PIL images are alive in the process
+    while each batch is scored."""
+
+    name = "live_image_counter"
+    live_counts: ClassVar[list[int]] = []
+
+    def score_batch(self, images, prompts) -> np.ndarray:
+        import gc
+
+        from PIL import Image
+
+        gc.collect()
+        LiveImageCounter.live_counts.append(sum(isinstance(o, Image.Image) for o in gc.get_objects()))
+        return np.array([float(np.asarray(im).mean()) for im in images])
+
+
+def test_non_finite_metrics_are_null_in_strict_json(tmp_path, tiny_sd, monkeypatch) -> None:
+    monkeypatch.setitem(SCORERS, "nan_on_circles", f"{__name__}:NaNOnCircles")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    config = _config(
+        tmp_path,
+        tiny_sd,
+        tiny_sd,
+        str(prompts),
+        None,
+        images_per_prompt=1,
+        num_inference_steps=1,
+        scorers=["nan_on_circles"],
+        scorer_models={},
+        gate={"primary_metric": "nan_on_circles", "min_prompts": 1},
+    )
+    result = run(config)
+    out = tmp_path / "eval"
+    decision = _strict_json(out / "decision.json")
+    stats = decision["metrics"]["nan_on_circles"]
+    assert stats["candidate_mean"] is None and stats["mean_diff"] is None
+    assert "nan_on_circles.candidate_mean" in decision["non_finite"]
+    assert all(stats[f.split(".", 1)[1]] is None for f in decision["non_finite"])
+    assert not result.passed and decision["passed"] is False
+    flat = _strict_json(out / "metrics.json")
+    assert "nan_on_circles_candidate_mean" not in flat and flat["gate_passed"] == 0.0
+    assert "DO NOT SHIP" in (out / "report.html").read_text()
+
+
+def _copy_with_scheduler(model, path, scheduler_class: str):
+    """A copy of a diffusers model directory whose own scheduler is ``scheduler_class``."""
+    import shutil
+
+    import diffusers
+
+    shutil.copytree(model, path)
+    own = diffusers.DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    getattr(diffusers, scheduler_class).from_config(own.config).save_pretrained(path / "scheduler")
+    # The pipeline builds each component from the class model_index.json names.
+    index = json.loads((path / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", scheduler_class]
+    (path / "model_index.json").write_text(json.dumps(index))
+    return path
+
+
+def test_default_scheduler_fails_closed_when_the_models_schedulers_differ(
+    tmp_path, tiny_sd, prompts_file
+) -> None:
+    baseline = _copy_with_scheduler(tiny_sd, tmp_path / "baseline-ddim", "DDIMScheduler")
+    own = json.loads((tiny_sd / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    assert own != "DDIMScheduler"
+    common = dict(
+        images_per_prompt=1,
+        num_inference_steps=1,
+        scorers=["colour_match"],
+        scorer_models={},
+        gate={"primary_metric": "colour_match", "min_prompts": 1},
+    )
+    default = run(_config(tmp_path, tiny_sd, baseline, prompts_file, None, scheduler="default", **common))
+    assert not default.passed
+    named = [r for r in default.reasons if "scheduler" in r]
+    assert named and own in named[0] and "DDIMScheduler" in named[0]
+    decision = json.loads((tmp_path / "eval" / "decision.json").read_text())
+    assert decision["scheduler"]["requested"] == "default"
+    assert decision["scheduler"]["candidate"]["class"] == own
+    assert decision["scheduler"]["baseline"]["class"] == "DDIMScheduler"
+
+    # Named explicitly, both models sample with it: no scheduler reason, and the record says which.
+    out = tmp_path / "explicit"
+    ddim = run(
+        _config(
+            tmp_path, tiny_sd, baseline, prompts_file, None, scheduler="ddim", output_dir=str(out), **common
+        )
+    )
+    assert not any("scheduler" in r for r in ddim.reasons), ddim.reasons
+    decision = json.loads((out / "decision.json").read_text())
+    assert decision["scheduler"]["candidate"]["class"] == "DDIMScheduler"
+    assert decision["scheduler"]["baseline"] == decision["scheduler"]["candidate"]
+    assert "num_train_timesteps" in decision["scheduler"]["candidate"]
+    assert "DDIMScheduler (ddim)" in (out / "report.html").read_text()
+
+
+def test_scoring_holds_one_batch_of_decoded_images_at_a_time(tmp_path, tiny_sd, monkeypatch) -> None:
+    monkeypatch.setitem(SCORERS, "live_image_counter", f"{__name__}:LiveImageCounter")
+    monkeypatch.setattr(LiveImageCounter, "live_counts", [])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green star\n")
+    config = _config(
+        tmp_path,
+        tiny_sd,
+        tiny_sd,
+        str(prompts),
+        None,
+        images_per_prompt=2,
+        num_inference_steps=1,
+        scorers=["live_image_counter"],
+        scorer_models={},
+        scorer_batch_size=2,
+        gate={"primary_metric": "live_image_counter", "min_prompts": 1},
+    )
+    result = run(config)
+    assert result.n_images == 12 and len(LiveImageCounter.live_counts) == 6
+    # 12 images were scored; never more than one batch of them was decoded at once.
+    assert max(LiveImageCounter.live_counts) <= 2, LiveImageCounter.live_counts
