@@ -28,10 +28,17 @@ class ObjectiveSettings(BaseModel):
     beta: float = Field(default=500.0, description="β of KTO / DPO (unused by SFT).")
     learning_rate: float = Field(default=1e-4, description="Peak learning rate.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig fields.")
-    label_class_weights: bool = Field(
-        default=True,
-        description="Pass the label step's λ_D/λ_U to the trainer (as the pipeline does); False: 1 and 1.",
+    label_class_weights: bool | None = Field(
+        default=None,
+        description="Pass the label step's λ_D/λ_U to the trainer. None: as the pipeline does (only with "
+        "uniform sampling, desirable_ratio null; with the γ sampler 1 and 1); True: always; False: 1 and 1.",
     )
+
+    def uses_label_weights(self) -> bool:
+        """Whether this arm trains with the label step's class weights (see label_class_weights)."""
+        if self.label_class_weights is not None:
+            return self.label_class_weights
+        return "desirable_ratio" in self.extra and self.extra["desirable_ratio"] is None
 
     @property
     def label(self) -> str:
@@ -150,7 +157,7 @@ def fine_tune(
         "progress_bar": False,
         "lr_warmup_steps": max(1, max_steps // 20),
         "caption_dropout": 0.0,
-        # The label step's class weights, as the pipeline's training task passes them.
+        # λ_D/λ_U as the pipeline's training task chooses them (ObjectiveSettings.uses_label_weights).
         "desirable_weight": class_weights[0],
         "undesirable_weight": class_weights[1],
         "checkpoint_every": max_steps * 10,
@@ -204,7 +211,7 @@ def run_benchmark(
             max_steps=max_steps,
             images_per_step=images_per_step,
             seed=seed,
-            class_weights=label_weights if settings.label_class_weights else (1.0, 1.0),
+            class_weights=label_weights if settings.uses_label_weights() else (1.0, 1.0),
             base_model=base_model,
         )
         likes, n = held_out_like_rate(model, eval_images, eval_seed, inference_steps)

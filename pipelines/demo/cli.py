@@ -145,10 +145,17 @@ def format_summary(result: dict[str, Any]) -> str:
     decision = result.get("decision")
     if decision:
         m = decision["metrics"].get("colour_match", {})
+
+        def number(key: str) -> float:
+            # decision.json writes a non-finite figure as null (strict JSON)
+            value = m.get(key)
+            return float("nan") if value is None else float(value)
+
+        confidence = float(decision.get("confidence", 0.95))
         lines.append(
             f"gate: {'PASSED' if decision['passed'] else 'REJECTED'} on {decision['n_prompts']} held-out prompts "
-            f"(colour_match win rate {m.get('win_rate', float('nan')):.2f}, 95% CI "
-            f"[{m.get('win_rate_ci_low', float('nan')):.2f}, {m.get('win_rate_ci_high', float('nan')):.2f}])"
+            f"(colour_match win rate {number('win_rate'):.2f}, {confidence:.0%} CI "
+            f"[{number('win_rate_ci_low'):.2f}, {number('win_rate_ci_high'):.2f}])"
         )
         for reason in decision.get("reasons", [])[:4]:
             lines.append(f"  - {reason}")

@@ -47,7 +47,7 @@ def parse_variant(text: str, args: argparse.Namespace) -> ObjectiveSettings:
             extra[key] = value
     beta = float(extra.pop("beta", args.dpo_beta if objective == "dpo" else args.beta))  # type: ignore[arg-type]
     lr = float(extra.pop("learning_rate", args.lr))  # type: ignore[arg-type]
-    label_weights = bool(extra.pop("label_weights", True))
+    label_weights = extra.pop("label_weights", None)
     if objective == "kto":
         extra.setdefault("desirable_ratio", args.desirable_ratio)
     return ObjectiveSettings(
@@ -56,7 +56,7 @@ def parse_variant(text: str, args: argparse.Namespace) -> ObjectiveSettings:
         beta=beta,
         learning_rate=lr,
         extra=extra,
-        label_class_weights=label_weights,
+        label_class_weights=None if label_weights is None else bool(label_weights),
     )
 
 
@@ -89,7 +89,8 @@ def main() -> None:
         metavar="NAME=OBJECTIVE[:FIELD=VALUE,...]",
         help="an extra arm trained after --objectives, e.g. 'kto-b100=kto:beta=100,desirable_ratio=0.5'; "
         "FIELD is a TrainConfig field (beta, learning_rate, desirable_ratio, reference_point, utility, "
-        "desirable_weight, ...) or label_weights=0 to train with λ_D = λ_U = 1 instead of the label step's",
+        "desirable_weight, ...) or label_weights=0/1 to force λ_D = λ_U = 1 / the label step's weights (default: as "
+        "the pipeline, label's weights only with desirable_ratio=null)",
     )
     p.add_argument(
         "--max-images-per-prompt",
@@ -167,7 +168,8 @@ def main() -> None:
     setup = (
         f"Feedback: {fb.n_events} base-model images on training prompts ({fb.n_likes} liked, {fb.n_dislikes} "
         f"disliked, {fb.n_flipped} votes flipped); label: train {json.dumps(lab.train)}, class weights "
-        f"λ_D={lab.desirable_weight:.3g} λ_U={lab.undesirable_weight:.3g}. Every objective: {args.steps} steps x "
+        f"λ_D={lab.desirable_weight:.3g} λ_U={lab.undesirable_weight:.3g} (for uniform sampling; with "
+        f"desirable_ratio set the trainer uses λ 1, as the pipeline does). Every objective: {args.steps} steps x "
         f"{args.images_per_step} images (DPO: {args.images_per_step // 2} pairs), full fine-tuning of the UNet, "
         f"lr {args.lr:g}, KTO β={args.beta:g} (desirable_ratio {args.desirable_ratio}), DPO β={args.dpo_beta:g}. "
         f"Evaluation: {base.images} images on the {len(held_out_scenes())} held-out combinations, DDIM 20 steps, no guidance, "
