@@ -74,6 +74,13 @@ def _raw_json(record: dict[str, Any]) -> str:
     )
 
 
+def _rows(table: Any, rows_per_batch: int = 256) -> Iterator[dict[str, Any]]:
+    """The rows of ``table`` as dicts, a batch at a time: a Pick-a-Pic shard holds its images, so one
+    ``to_pylist`` of a whole shard would copy every image into Python objects at once."""
+    for batch in table.to_batches(max_chunksize=rows_per_batch):
+        yield from batch.to_pylist()
+
+
 def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator[RawBatch]:
     """One Pick-a-Pic v2 Parquet shard -> pairwise events (images written to ``image_store``)."""
     table = storage.read_parquet(uri)
@@ -86,7 +93,7 @@ def read_pickapic(uri: str, image_store: str, max_prompt_chars: int) -> Iterator
     # One listing of the store instead of an existence check per image: a shard repeats each image in
     # many rows, and on gs:// every check is a request.
     stored = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(image_store, ""))}
-    for i, rec in enumerate(table.to_pylist(), start=1):
+    for i, rec in enumerate(_rows(table), start=1):
         uid0, uid1 = rec.get("image_0_uid"), rec.get("image_1_uid")
         ids_ok = uid0 and uid1 and rec.get("ranking_id") is not None
         event_id = f"pickapic-v2:{rec.get('ranking_id')}:{uid0}:{uid1}"
