@@ -109,6 +109,7 @@ def cluster_arguments(params: PipelineParams, pushgateway: str | None = None) ->
     ``pushgateway`` (the ``--pushgateway`` option) wins; else a ``pushgateway`` the parameter file or
     ``--set`` gave (even empty: push nothing); else ``CLUSTER_PUSHGATEWAY``.
     """
+    params.check_for_cluster()
     arguments = params.pipeline_arguments()
     if pushgateway is not None:
         arguments["pushgateway"] = pushgateway

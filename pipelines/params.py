@@ -35,6 +35,32 @@ TRAINER_POD_LABELS = {"app.kubernetes.io/component": "trainer"}
 TRAINER_METRICS_PORT = 9090
 
 
+# TrainConfig fields the pipeline sets itself (its own parameters, the run's paths and id): train_options
+# may not override them.
+PIPELINE_OWNED_TRAIN_FIELDS = frozenset(
+    {
+        "pretrained_model",
+        "train_data",
+        "output_dir",
+        "checkpoint_dir",
+        "resume_from",
+        "run_id",
+        "metrics_port",
+        "objective",
+        "beta",
+        "desirable_ratio",
+        "learning_rate",
+        "max_steps",
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "mixed_precision",
+        "resolution",
+        "use_lora",
+        "seed",
+    }
+)
+
+
 class PipelineParams(StepConfig):
     """The arguments of one ``diffusion-kto-retrain`` run (every field is a pipeline parameter)."""
 
@@ -193,7 +219,80 @@ class PipelineParams(StepConfig):
             raise ConfigError(
                 f"PipelineParams.registry_uri: {self.registry_uri!r} must be sqlite:///path.db or http(s)://host"
             )
+        self._check_step_settings()
         return self
+
+    def _check_step_settings(self) -> None:
+        """What would otherwise fail hours into a run, inside a task: checked when the file is loaded."""
+        from components.evaluate.step import EvaluateConfig
+        from components.ingest.step import IngestConfig
+        from components.train.step import TrainConfig
+
+        formats = IngestConfig.model_fields["source_format"].annotation.__args__  # type: ignore[union-attr]
+        if self.source_format not in formats:
+            raise ConfigError(
+                f"PipelineParams.source_format: {self.source_format!r} is not one of {', '.join(formats)}"
+            )
+        if self.labeling_policy == "user_filter":
+            raise ConfigError(
+                "PipelineParams.labeling_policy: user_filter needs the users' ids, which the pipeline has no "
+                "parameter for; label with `dkto label` (LabelConfig.user_filter), or pick votes / pairwise / "
+                "score_threshold"
+            )
+        if self.resolution % 8:
+            raise ConfigError(
+                f"PipelineParams.resolution: {self.resolution} must be a multiple of 8 (the VAE downsamples 8x)"
+            )
+        unknown = sorted(set(self.train_options) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ConfigError(f"PipelineParams.train_options: {unknown} are not TrainConfig fields")
+        owned = sorted(
+            key
+            for key in set(self.train_options) & PIPELINE_OWNED_TRAIN_FIELDS
+            if not (key == "desirable_ratio" and self.train_options[key] is None)
+        )
+        if owned:
+            raise ConfigError(
+                f"PipelineParams.train_options: {owned} are set by the pipeline (its own parameters, or the "
+                "run's paths and id); use the parameter of that name. (desirable_ratio: null, uniform "
+                "sampling with the label step's class weights, is the one exception.)"
+            )
+        unknown = sorted(set(self.eval_options) - set(EvaluateConfig.model_fields))
+        if unknown:
+            raise ConfigError(f"PipelineParams.eval_options: {unknown} are not EvaluateConfig fields")
+        for name, table in (
+            ("gate_max_regression", self.gate_max_regression),
+            ("gate_floors", self.gate_floors),
+        ):
+            missing = sorted(set(table) - set(self.scorers))
+            if missing:
+                raise ConfigError(
+                    f"PipelineParams.{name}: {missing} are not among the scorers {self.scorers}; the gate "
+                    "would fail every run on a metric that is never computed"
+                )
+
+    def check_for_cluster(self) -> None:
+        """Refuse paths a cluster's pods cannot share: every task runs in its own pod, so a local path
+        (or a SQLite registry) would be a different empty file in each."""
+        problems = []
+        if not re.match(r"^https?://", self.registry_uri):
+            problems.append(f"registry_uri {self.registry_uri!r} (use the MLflow server's http(s):// URL)")
+        for name in ("outputs_root", "checkpoint_root", "base_model"):
+            value = getattr(self, name)
+            if not value.startswith("gs://"):
+                problems.append(f"{name} {value!r} (use a gs:// URI)")
+        if self.registry_artifact_root and not self.registry_artifact_root.startswith("gs://"):
+            problems.append(f"registry_artifact_root {self.registry_artifact_root!r} (gs:// or empty)")
+        problems += [
+            f"feedback_sources {s!r} (use gs://)" for s in self.feedback_sources if not s.startswith("gs://")
+        ]
+        if self.eval_prompts and not self.eval_prompts.startswith("gs://"):
+            problems.append(f"eval_prompts {self.eval_prompts!r} (gs:// or empty)")
+        if problems:
+            raise ConfigError(
+                "a cluster run needs storage every pod can reach; these point at this machine: "
+                + "; ".join(problems)
+            )
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The keyword arguments of the pipeline function (every field, JSON-ready)."""

@@ -64,6 +64,13 @@ def _cpu_step(task: dsl.PipelineTask, settings: ClusterSettings) -> dsl.Pipeline
     return task.set_cpu_request(settings.step_cpu).set_memory_request(settings.step_memory)
 
 
+def _registry_retries(task: dsl.PipelineTask) -> None:
+    """Registry tasks retry a transient registry error instead of failing a long run at its end. Each is
+    safe to repeat: resolving reads, registering finds this run's version again (registration key), and
+    promotion is a compare-and-set that reports success when production already is its version."""
+    task.set_retry(3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="900s")
+
+
 def _registry_credentials(task: dsl.PipelineTask, settings: ClusterSettings) -> None:
     """MLflow credentials from the Kubernetes secret (optional: an unauthenticated server needs none)."""
     kubernetes.use_secret_as_env(
@@ -224,8 +231,15 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
                 size_limit=settings.shm_size,
             )
             kubernetes.set_timeout(train, settings.train_timeout_s)
-            # A retry keeps the run id, so it resumes from <checkpoint_root>/<run id>/train.
-            train.set_retry(settings.train_retries, backoff_duration="60s", backoff_factor=2.0)
+            # A retry keeps the run id, so it resumes from <checkpoint_root>/<run id>/train. The retry window
+            # (Argo's backoff maxDuration, counted from the first attempt's start; kfp's default is 1 h) must
+            # outlast every attempt, or an attempt failing after the first hour is never retried.
+            train.set_retry(
+                settings.train_retries,
+                backoff_duration="60s",
+                backoff_factor=2.0,
+                backoff_max_duration=f"{(settings.train_retries + 1) * settings.train_timeout_s + 3600}s",
+            )
 
             production = resolve_production_model(
                 registry_uri=registry_uri,
@@ -238,6 +252,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
             production.set_caching_options(False)
             production.after(train)
             _cpu_step(production, settings)
+            _registry_retries(production)
             _registry_credentials(production, settings)
 
             evaluate = evaluate_candidate(
@@ -280,6 +295,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
             ).set_display_name("register candidate")
             register.set_caching_options(False)
             _cpu_step(register, settings)
+            _registry_retries(register)
             _registry_credentials(register, settings)
 
             # Gate on a single-output task: kfp.local reads a dsl.If on one named output of a
@@ -302,6 +318,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
                 ).set_display_name("promote to production")
                 promote.set_caching_options(False)
                 _cpu_step(promote, settings)
+                _registry_retries(promote)
                 _registry_credentials(promote, settings)
 
     return diffusion_kto_retrain

@@ -15,7 +15,16 @@ from components.shared import storage
 
 
 def prepare_step_env(run_id: str, pushgateway: str) -> None:
-    """Point every StepTelemetry of this process at the run (``DKTO_RUN_ID``) and the Pushgateway."""
+    """Point every StepTelemetry of this process at the run (``DKTO_RUN_ID``) and the Pushgateway.
+
+    Refuses a run id that is still KFP's placeholder: a backend that does not substitute it (KFP < 2.4)
+    would give every run the same id, hence the same checkpoint directory and run records.
+    """
+    if run_id.startswith("{{$"):
+        raise RuntimeError(
+            f"run_id is the unsubstituted placeholder {run_id!r}: this Kubeflow Pipelines backend does not "
+            "fill in the pipeline job id (it needs KFP 2.4 or later); runs would share checkpoints"
+        )
     if run_id:
         os.environ["DKTO_RUN_ID"] = run_id
     if pushgateway:

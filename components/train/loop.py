@@ -365,7 +365,13 @@ def train(config: TrainConfig) -> TrainResult:
         global_step, micro_step = int(state["step"]), int(state["micro_step"])
         resumed_from = global_step
         if state.get("data_hash") != data.data_hash:
-            log.warning("resuming %s with different training data than it was written with", resume_uri)
+            # Continuing another dataset's run would export a model trained mostly on other data as this
+            # run's candidate (e.g. two runs sharing a checkpoint directory): refuse rather than warn.
+            raise ValueError(
+                f"resume_from: checkpoint {resume_uri} was written for training data {state.get('data_hash')}, "
+                f"but this run's train_data ({config.train_data}) is {data.data_hash}. Point checkpoint_dir at "
+                "a directory of this run, or set resume_from to none to start fresh."
+            )
         log.info("resumed from %s at step %d", resume_uri, global_step)
 
     sampler = StepSampler(

@@ -101,6 +101,12 @@ def test_training_task_kubernetes_settings(docs: tuple[dict[str, Any], dict[str,
     assert resources["resourceMemoryLimit"] == settings.train_memory
     retry = _tasks(spec)["train-model"]["retryPolicy"]
     assert retry["maxRetryCount"] == settings.train_retries
+    # Argo stops retrying once maxDuration has passed since the first attempt started: the window must
+    # cover every attempt running to its timeout (kfp's default of 1 h would forbid most retries).
+    window = int(retry["backoffMaxDuration"].rstrip("s"))
+    assert window >= (settings.train_retries + 1) * settings.train_timeout_s
+    for name in ("resolve-production-model", "register-candidate-model", "promote-model"):
+        assert _tasks(spec)[name]["retryPolicy"]["maxRetryCount"] >= 1, name
     assert _tasks(spec)["train-model"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == (
         "{{$.pipeline_job_uuid}}"
     )

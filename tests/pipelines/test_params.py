@@ -35,6 +35,15 @@ def test_load_from_yaml_with_overrides(tmp_path: Path) -> None:
         ("registry_uri=postgres://db", "must be sqlite:///path.db or http"),
         ("objective=ppo", "objective"),
         ("bogus=1", "bogus"),
+        # what would otherwise fail hours into a run, inside a task
+        ("source_format=jsonl2", "source_format"),
+        ("labeling_policy=user_filter", "user_filter needs the users' ids"),
+        ("resolution=500", "multiple of 8"),
+        ("train_options={lora_rnak: 16}", "lora_rnak"),
+        ("train_options={checkpoint_dir: /tmp/shared}", "set by the pipeline"),
+        ("train_options={beta: 1.0}", "set by the pipeline"),
+        ("eval_options={sead: 7}", "sead"),
+        ("gate_max_regression={aesthetic: 0.1}", "never computed"),
     ],
 )
 def test_invalid_params_name_the_field(override: str, message: str) -> None:
@@ -72,3 +81,22 @@ def test_pipeline_and_registry_commands_share_the_default_registry() -> None:
     from pipelines.params import PipelineParams
 
     assert PipelineParams.model_fields["registry_uri"].default == DEFAULT_REGISTRY_URI
+
+
+def test_uniform_sampling_is_the_one_pipeline_field_train_options_may_set() -> None:
+    params = load_params(
+        None, ["feedback_sources=[a.jsonl]", "base_model=m", "train_options={desirable_ratio: null}"]
+    )
+    assert params.train_options == {"desirable_ratio": None}
+    with pytest.raises(ConfigError, match="set by the pipeline"):
+        load_params(
+            None, ["feedback_sources=[a.jsonl]", "base_model=m", "train_options={desirable_ratio: 0.5}"]
+        )
+
+
+def test_an_unsubstituted_run_id_is_refused() -> None:
+    """KFP backends before 2.4 pass the placeholder through: every run would share one checkpoint dir."""
+    from pipelines.runtime import prepare_step_env
+
+    with pytest.raises(RuntimeError, match="KFP 2.4"):
+        prepare_step_env("{{$.pipeline_job_uuid}}", "")

@@ -17,7 +17,13 @@ from typer.testing import CliRunner
 from pipelines.commands import cluster_arguments
 from pipelines.params import CLUSTER_PUSHGATEWAY, CLUSTER_SERVICE_ACCOUNT, PipelineParams
 
-REQUIRED = ["feedback_sources=[gs://b/feedback/]", "base_model=gs://b/models/base"]
+REQUIRED = [
+    "feedback_sources=[gs://b/feedback/]",
+    "base_model=gs://b/models/base",
+    "registry_uri=http://mlflow.dkto:5000",
+    "outputs_root=gs://b/dkto",
+    "checkpoint_root=gs://b/dkto/checkpoints",
+]
 
 
 class RecordingClient:
@@ -104,3 +110,19 @@ def test_schedule_has_the_same_defaults(client: RecordingClient) -> None:
     )  # fmt: skip
     assert client.calls["schedule"]["service_account"] == "nightly"
     assert client.calls["schedule"]["params"]["pushgateway"] == "http://pg.dkto-dev:9091"
+
+
+def test_cluster_runs_refuse_storage_only_this_machine_has() -> None:
+    """Every task of a cluster run is its own pod: a SQLite registry or a local outputs/checkpoint root
+    would be a different empty file in each (and a retried training would restart at step 0)."""
+    from components.shared.config import ConfigError
+
+    local = PipelineParams.from_dict(
+        {}, ["feedback_sources=[gs://b/feedback/]", "base_model=gs://b/models/base"]
+    )
+    with pytest.raises(ConfigError) as err:
+        cluster_arguments(local)
+    for name in ("registry_uri", "outputs_root", "checkpoint_root"):
+        assert name in str(err.value)
+    with pytest.raises(ConfigError, match="feedback_sources"):
+        cluster_arguments(PipelineParams.from_dict({}, [*REQUIRED, "feedback_sources=[/data/feedback]"]))

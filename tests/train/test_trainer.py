@@ -343,3 +343,23 @@ def test_gcs_model_data_and_output(
     assert summary["steps"] == 2
     image = generate(f"{gcs_bucket}/models/candidate")
     assert image.shape == (32, 32, 3)
+
+
+def test_resume_refuses_a_checkpoint_of_other_training_data(
+    make_config: Any, tmp_path: Path, manifest_writer: Any
+) -> None:
+    """Two runs sharing a checkpoint directory must not continue each other: the second would export a
+    model trained on the first one's data as its candidate."""
+    ckpt_dir = str(tmp_path / "shared-ckpt")
+    run(make_config(max_steps=1, checkpoint_dir=ckpt_dir, checkpoint_every=1))
+    other = manifest_writer(tmp_path / "other-data", n_prompts=3, seed=1)
+    with pytest.raises(ValueError, match="written for training data"):
+        run(
+            make_config(
+                max_steps=2,
+                train_data=str(other),
+                checkpoint_dir=ckpt_dir,
+                resume_from="latest",
+                output_dir=str(tmp_path / "second"),
+            )
+        )
