@@ -74,6 +74,11 @@ class PipelineParams(StepConfig):
         description="Format of the feedback sources: `auto` (by extension), `jsonl`, `parquet`, `csv`, "
         "`pickapic_v2` or `diffusion_kto_csv`.",
     )
+    incremental_ingest: bool = Field(
+        True,
+        description="Carry over the last successful run's events for these sources (a pointer under "
+        "outputs_root) and read only what is new; false reads all feedback again and restarts from it.",
+    )
     labeling_policy: LabelingPolicy = Field(
         "votes",
         description="How feedback becomes desirable/undesirable labels: `votes` for like/dislike buttons, "

@@ -87,6 +87,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
         feedback_sources: list,
         base_model: str,
         source_format: str = "auto",
+        incremental_ingest: bool = True,
         labeling_policy: str = "votes",
         val_fraction: float = 0.1,
         registry_uri: str = "sqlite:///outputs/registry/mlflow.db",
@@ -128,6 +129,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
             feedback_sources: Local paths, globs or gs:// prefixes of the feedback exports.
             base_model: The model to fine-tune (and the baseline while nothing is in production).
             source_format: `auto`, `jsonl`, `parquet`, `csv`, `pickapic_v2` or `diffusion_kto_csv`.
+            incremental_ingest: Carry over the last run's events for these sources and add only new ones.
             labeling_policy: `votes`, `pairwise`, `score_threshold` or `user_filter`.
             val_fraction: Fraction of prompts held out for validation and evaluation.
             registry_uri: `sqlite:///path.db` (embedded MLflow) or an MLflow server URL.
@@ -178,6 +180,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
                 run_id=run_id,
                 pushgateway=pushgateway,
                 outputs_root=outputs_root,
+                incremental=incremental_ingest,
             ).set_display_name("ingest feedback")
             ingest.set_caching_options(False)
             _cpu_step(ingest, settings)

@@ -20,8 +20,14 @@ def ingest_feedback(
     run_id: str = "local",
     pushgateway: str = "",
     outputs_root: str = "",
+    incremental: bool = True,
 ) -> None:
     """Read, validate and de-duplicate the users' feedback events into events.parquet.
+
+    Incremental runs: with ``outputs_root`` set, the step keeps a pointer to the last successful output
+    for these sources (``<outputs_root>/ingest/<hash of sources and format>/latest.json``); the next run
+    carries those events over, adds only new ids and reuses their image checks, instead of reading all
+    feedback again. Importers write images to a store beside the pointer, so image URIs stay stable.
 
     Args:
         feedback_sources: Local paths, globs or gs:// prefixes of JSONL / Parquet / CSV feedback exports.
@@ -31,19 +37,31 @@ def ingest_feedback(
         run_id: The pipeline run id (telemetry grouping key and run record directory).
         pushgateway: Prometheus Pushgateway address; empty pushes nothing.
         outputs_root: Root of the run records; empty writes none.
+        incremental: Start from the last run's output for these sources (needs outputs_root); false reads
+            every source from scratch and makes this run's output the new starting point.
     """
+    import hashlib
+    import json
+
     from components.ingest.step import IngestConfig, run
-    from pipelines.runtime import prepare_step_env, record_step
+    from components.shared import storage
+    from pipelines.runtime import durable_uri, prepare_step_env, record_step
 
     prepare_step_env(run_id, pushgateway)
-    config = IngestConfig.from_dict(
-        {
-            "sources": [str(s) for s in feedback_sources],
-            "output_dir": events.path,
-            "source_format": source_format,
-        }
-    )
-    result = run(config)
+    sources = [str(s) for s in feedback_sources]
+    settings: dict = {"sources": sources, "output_dir": events.path, "source_format": source_format}
+    pointer = ""
+    if outputs_root:
+        stream = hashlib.sha256(json.dumps([sorted(sources), source_format]).encode()).hexdigest()[:16]
+        pointer = storage.join(outputs_root, "ingest", stream, "latest.json")
+        settings["image_store"] = storage.join(outputs_root, "ingest", stream, "images")
+        if incremental and storage.exists(pointer):
+            settings["previous_output"] = storage.read_json(pointer)["events"]
+    result = run(IngestConfig.from_dict(settings))
+    if pointer:
+        # Written last, after a successful run: a failed ingest never becomes the next starting point.
+        latest = {"events": durable_uri(events.uri, events.path), "run_id": run_id}
+        storage.write_json(pointer, {**latest, "total_events": result.total_events})
     counts = {k: getattr(result, k) for k in ("read", "accepted", "duplicates", "quarantined")}
     for name, value in counts.items():
         metrics.log_metric(name, value)

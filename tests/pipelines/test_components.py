@@ -136,3 +136,49 @@ def test_eval_options_cannot_replace_the_baseline_or_the_gate(tmp_path: Path, ke
             metrics=artifact("metrics"),
             eval_options={key: "something-else"},
         )
+
+
+def test_ingest_component_runs_incrementally_from_the_last_output(tmp_path: Path) -> None:
+    """The second run of the same sources carries the first run's events over and reads in only the new
+    ones; incremental=False reads everything again."""
+    from components.ingest.component import ingest_feedback
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    feedback = tmp_path / "feedback.jsonl"
+    event = {"prompt": "p", "image_uri": "red.png", "feedback": "like"}
+    feedback.write_text("".join(json.dumps({**event, "event_id": f"e{i}"}) + "\n" for i in range(3)))
+
+    class Metrics:
+        def __init__(self) -> None:
+            self.values: dict[str, float] = {}
+
+        def log_metric(self, name: str, value: float) -> None:
+            self.values[name] = value
+
+    def ingest(run: str, incremental: bool = True) -> dict[str, float]:
+        out = tmp_path / run / "events"
+        events = SimpleNamespace(path=str(out), uri=str(out), metadata={})
+        metrics = Metrics()
+        ingest_feedback.python_func(
+            feedback_sources=[str(feedback)],
+            events=events,
+            metrics=metrics,
+            run_id=run,
+            outputs_root=str(tmp_path / "outputs"),
+            incremental=incremental,
+        )
+        stats = json.loads((out / "stats.json").read_text())
+        return {**metrics.values, "total": stats["total_events"], "from": stats["previous_output"]}
+
+    first = ingest("run1")
+    assert (first["accepted"], first["total"], first["from"]) == (3, 3, None)
+    with feedback.open("a") as f:
+        f.write(json.dumps({**event, "event_id": "e3"}) + "\n")
+    second = ingest("run2")
+    assert (second["accepted"], second["duplicates"], second["total"]) == (1, 3, 4)
+    assert second["from"] == str(tmp_path / "run1" / "events")
+    fresh = ingest("run3", incremental=False)
+    assert (fresh["accepted"], fresh["duplicates"], fresh["from"]) == (4, 0, None)
+    assert ingest("run4")["from"] == str(tmp_path / "run3" / "events")  # the fresh run is the new start
