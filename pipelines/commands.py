@@ -118,6 +118,18 @@ def cluster_arguments(params: PipelineParams, pushgateway: str | None = None) ->
     return arguments
 
 
+def _recurring_runs_named(client: Any, experiment_id: str, name: str) -> list[str]:
+    """Ids of the experiment's recurring runs whose display name is ``name`` (every page)."""
+    found: list[str] = []
+    token = ""
+    while True:
+        page = client.list_recurring_runs(experiment_id=experiment_id, page_token=token, page_size=100)
+        found += [r.recurring_run_id for r in page.recurring_runs or [] if r.display_name == name]
+        token = page.next_page_token or ""
+        if not token:
+            return found
+
+
 def _service_account(value: str) -> str | None:
     """``--service-account ""`` leaves the pods on KFP's default service account."""
     return value or None
@@ -243,12 +255,28 @@ def register(app: typer.Typer) -> None:
             "--pushgateway",
             help=f"Pushgateway (default: the params' pushgateway if set, else {CLUSTER_PUSHGATEWAY}).",
         ),
+        replace: bool = typer.Option(
+            False, "--replace", help="Delete a recurring run of the same name in the experiment first."
+        ),
     ) -> None:
-        """Create a recurring run: at most one at a time (max_concurrency=1), no catch-up of missed runs."""
+        """Create a recurring run: at most one at a time (max_concurrency=1), no catch-up of missed runs.
+
+        Refuses when the experiment already has a recurring run of this name (two schedules would each
+        allow one run at a time, so runs could overlap on the same registry), unless ``--replace``.
+        """
         validate_cron(cron)
         params = load_params(config, overrides)
+        arguments = cluster_arguments(params, pushgateway)
         client = _client(host, namespace)
         experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
+        existing = _recurring_runs_named(client, experiment_id, job_name)
+        if existing and not replace:
+            raise typer.BadParameter(
+                f"experiment {experiment!r} already has a recurring run named {job_name!r} "
+                f"({', '.join(existing)}); pass --replace to swap it, or --name for a second schedule"
+            )
+        for recurring_run_id in existing:
+            client.delete_recurring_run(recurring_run_id)
         job = client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=job_name,
@@ -256,7 +284,8 @@ def register(app: typer.Typer) -> None:
             max_concurrency=1,
             no_catchup=True,
             pipeline_package_path=_compiled_package(cluster),
-            params=cluster_arguments(params, pushgateway),
+            params=arguments,
             service_account=_service_account(service_account),
         )
-        typer.echo(f"scheduled {job_name} ({cron}) on {host}: recurring run {job.recurring_run_id}")
+        replaced = f", replacing {', '.join(existing)}" if existing else ""
+        typer.echo(f"scheduled {job_name} ({cron}) on {host}: recurring run {job.recurring_run_id}{replaced}")

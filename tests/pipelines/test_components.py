@@ -141,9 +141,9 @@ def test_eval_options_cannot_replace_the_baseline_or_the_gate(tmp_path: Path, ke
 def test_ingest_component_runs_incrementally_from_the_last_output(tmp_path: Path) -> None:
     """The second run of the same sources carries the first run's events over and reads in only the new
     ones; incremental=False reads everything again."""
-    from components.ingest.component import ingest_feedback
-
     from PIL import Image
+
+    from components.ingest.component import ingest_feedback
 
     Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
     feedback = tmp_path / "feedback.jsonl"

@@ -31,6 +31,8 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.calls: dict[str, dict[str, Any]] = {}
+        self.recurring: dict[str, str] = {}  # id -> display name, as the server keeps them
+        self.deleted: list[str] = []
 
     def create_run_from_pipeline_package(self, package: str, **kwargs: Any) -> Any:
         self.calls["run"] = {"package": Path(package).read_text(), **kwargs}
@@ -42,7 +44,20 @@ class RecordingClient:
     def create_recurring_run(self, **kwargs: Any) -> Any:
         kwargs["package"] = Path(kwargs["pipeline_package_path"]).read_text()
         self.calls["schedule"] = kwargs
-        return type("Job", (), {"recurring_run_id": "job-1"})()
+        job_id = f"job-{len(self.recurring) + len(self.deleted) + 1}"
+        self.recurring[job_id] = kwargs["job_name"]
+        return type("Job", (), {"recurring_run_id": job_id})()
+
+    def list_recurring_runs(self, *, experiment_id: str, page_token: str = "", page_size: int = 10) -> Any:
+        runs = [
+            type("R", (), {"recurring_run_id": i, "display_name": n})() for i, n in self.recurring.items()
+        ]
+        return type("Page", (), {"recurring_runs": runs, "next_page_token": ""})()
+
+    def delete_recurring_run(self, recurring_run_id: str) -> dict:
+        del self.recurring[recurring_run_id]
+        self.deleted.append(recurring_run_id)
+        return {}
 
 
 @pytest.fixture
@@ -106,7 +121,7 @@ def test_schedule_has_the_same_defaults(client: RecordingClient) -> None:
     assert job["max_concurrency"] == 1 and job["no_catchup"] is True
     _dkto(
         "schedule", "--cron", "0 0 3 * * *", "--host", "http://kfp.test",
-        *_sets("pushgateway=http://pg.dkto-dev:9091"), "--service-account", "nightly",
+        *_sets("pushgateway=http://pg.dkto-dev:9091"), "--service-account", "nightly", "--replace",
     )  # fmt: skip
     assert client.calls["schedule"]["service_account"] == "nightly"
     assert client.calls["schedule"]["params"]["pushgateway"] == "http://pg.dkto-dev:9091"
@@ -126,3 +141,19 @@ def test_cluster_runs_refuse_storage_only_this_machine_has() -> None:
         assert name in str(err.value)
     with pytest.raises(ConfigError, match="feedback_sources"):
         cluster_arguments(PipelineParams.from_dict({}, [*REQUIRED, "feedback_sources=[/data/feedback]"]))
+
+
+def test_schedule_refuses_a_second_schedule_of_the_same_name_unless_replaced(client: RecordingClient) -> None:
+    """Two schedules would each allow one run at a time, so their runs could overlap on one registry."""
+    from pipelines.cli import app
+
+    args = ["schedule", "--cron", "0 0 3 * * *", "--host", "http://kfp.test", *_sets()]
+    _dkto(*args)
+    assert client.recurring == {"job-1": "diffusion-kto-retrain-nightly"}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code != 0 and "already has a recurring run" in again.output
+    assert list(client.recurring) == ["job-1"]
+    _dkto(*args, "--replace")
+    assert client.deleted == ["job-1"] and list(client.recurring) == ["job-2"]
+    _dkto(*args, "--name", "weekly")  # another name is another schedule
+    assert sorted(client.recurring.values()) == ["diffusion-kto-retrain-nightly", "weekly"]
