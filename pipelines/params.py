@@ -120,7 +120,10 @@ class PipelineParams(StepConfig):
     )
     max_steps: int = Field(1000, ge=1, description="Optimizer steps to train (the paper trains 10k).")
     learning_rate: float = Field(
-        1e-7, gt=0, description="Peak learning rate (1e-7 in the paper for full fine-tuning)."
+        0.0,
+        ge=0,
+        description="Peak learning rate; 0 picks one by use_lora: 1e-7 for full fine-tuning (the paper's), "
+        "1e-5 for LoRA (rank 8, as diffusers' Diffusion-DPO LoRA example; 1e-7 barely moves an adapter).",
     )
     train_batch_size: int = Field(2, ge=1, description="Images per GPU per step (2 in the paper).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches accumulated per step.")

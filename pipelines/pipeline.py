@@ -97,7 +97,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
         beta: float = 5000.0,
         desirable_ratio: float = 0.8,
         max_steps: int = 1000,
-        learning_rate: float = 1e-7,
+        learning_rate: float = 0.0,
         train_batch_size: int = 2,
         gradient_accumulation_steps: int = 1,
         mixed_precision: str = "bf16",
@@ -139,7 +139,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
             beta: KL-regularisation strength β (paper: 5000 for SD v1.5).
             desirable_ratio: Probability that a sample is a desirable image (paper: 0.8).
             max_steps: Optimizer steps.
-            learning_rate: Peak learning rate (paper: 1e-7).
+            learning_rate: Peak learning rate; 0 picks by use_lora: 1e-7 full fine-tuning (paper), 1e-5 LoRA.
             train_batch_size: Images per GPU per step (paper: 2).
             gradient_accumulation_steps: Micro-batches per optimizer step.
             mixed_precision: `no`, `fp16` or `bf16`.

@@ -23,7 +23,7 @@ def train_model(
     objective: str = "kto",
     beta: float = 5000.0,
     desirable_ratio: float = 0.8,
-    learning_rate: float = 1e-7,
+    learning_rate: float = 0.0,
     max_steps: int = 1000,
     train_batch_size: int = 2,
     gradient_accumulation_steps: int = 1,
@@ -51,7 +51,8 @@ def train_model(
         objective: `kto`, `sft` or `dpo`.
         beta: KL-regularisation strength β (paper: 5000).
         desirable_ratio: Probability that a sample is a desirable image (paper: 0.8).
-        learning_rate: Peak learning rate (paper: 1e-7).
+        learning_rate: Peak learning rate; 0 picks by use_lora: 1e-7 for full fine-tuning (the paper's),
+            1e-5 for LoRA (rank 8; diffusers' Diffusion-DPO LoRA example), since 1e-7 barely moves an adapter.
         max_steps: Optimizer steps.
         train_batch_size: Images per GPU per step.
         gradient_accumulation_steps: Micro-batches per optimizer step.
@@ -71,7 +72,7 @@ def train_model(
     """
     from components.shared import storage
     from components.train.launcher import LaunchPlan, launch
-    from components.train.step import TrainConfig, label_class_weights
+    from components.train.step import TrainConfig, label_class_weights, resolve_learning_rate
     from pipelines.runtime import durable_uri, prepare_step_env, record_step
 
     prepare_step_env(run_id, pushgateway)
@@ -86,7 +87,7 @@ def train_model(
         "objective": objective,
         "beta": beta,
         "desirable_ratio": desirable_ratio,
-        "learning_rate": learning_rate,
+        "learning_rate": resolve_learning_rate(learning_rate, use_lora),
         "max_steps": int(max_steps),
         "train_batch_size": int(train_batch_size),
         "gradient_accumulation_steps": int(gradient_accumulation_steps),

@@ -154,3 +154,11 @@ def test_label_weights_reach_the_trainer_only_with_uniform_sampling(tmp_path: Pa
         "undesirable_weight": 1.0,
     }
     assert label_class_weights({"desirable_ratio": None}, {"desirable_weight"}, stats) == {}
+
+
+def test_learning_rate_zero_picks_the_default_of_the_training_mode() -> None:
+    from components.train.step import resolve_learning_rate
+
+    assert resolve_learning_rate(0.0, use_lora=False) == 1e-7  # the paper's full fine-tuning rate
+    assert resolve_learning_rate(0.0, use_lora=True) == 1e-5  # rank-8 LoRA, diffusers' DPO example
+    assert resolve_learning_rate(3e-6, use_lora=True) == 3e-6
