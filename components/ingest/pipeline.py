@@ -465,11 +465,14 @@ def ingest(config: IngestConfig) -> IngestResult:
         q_c.labels(reason=reason).inc(count)
     telemetry.gauge("events_stored", "Rows of events.parquet after this run").set(events.num_rows)
 
-    fraction = n_quarantined / n_read if n_read else 0.0
+    # Rows a chosen policy leaves out (reference_intersections=exclude) are counted, not broken: the
+    # limit guards against broken exports, so it looks at the other reasons only.
+    n_broken = n_quarantined - by_reason.get("excluded_by_policy", 0)
+    fraction = n_broken / n_read if n_read else 0.0
     storage.write_parquet(quarantine_table, quarantine_uri)
     if fraction > config.max_quarantined_fraction:
         stats["failed"] = (
-            f"{n_quarantined} of {n_read} records ({fraction:.1%}) were quarantined, more than "
+            f"{n_broken} of {n_read} records ({fraction:.1%}) were quarantined, more than "
             f"max_quarantined_fraction={config.max_quarantined_fraction:.1%}"
         )
         storage.write_json(stats_uri, stats)

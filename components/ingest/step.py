@@ -40,7 +40,7 @@ class IngestConfig(StepConfig):
         "what an `intersections` image (preferred in some comparisons, not in others) becomes. "
         "`desirable` is the reference code's default policy gt_label_wi_l (the paper's 'win + "
         "intermediate'); `undesirable` is gt_label_w_il; `exclude` is gt_label_w_l (those rows are "
-        "quarantined as excluded_by_policy, counted, so raise max_quarantined_fraction accordingly). "
+        "quarantined as excluded_by_policy: counted, but not against max_quarantined_fraction). "
         "`exclusive_win` is always desirable and the loss values undesirable.",
     )
     previous_output: str | None = Field(

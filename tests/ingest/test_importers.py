@@ -203,7 +203,8 @@ def test_reference_csv_split_values_follow_the_reference_policies(tmp_path: Path
                 output_dir=str(tmp_path / policy),
                 source_format="diffusion_kto_csv",
                 reference_intersections=policy,  # type: ignore[arg-type]
-                max_quarantined_fraction=1.0,
+                # the one unknown split value is 1 of 4 records; an excluded intersection does not count
+                max_quarantined_fraction=0.25,
             )
         )
         assert result.read == result.accepted + result.quarantined == 4
