@@ -275,17 +275,20 @@ def register(app: typer.Typer) -> None:
                 f"experiment {experiment!r} already has a recurring run named {job_name!r} "
                 f"({', '.join(existing)}); pass --replace to swap it, or --name for a second schedule"
             )
-        for recurring_run_id in existing:
-            client.delete_recurring_run(recurring_run_id)
+        # The new schedule exists before the old one goes: a bad cluster file or a refused create must
+        # never leave the pipeline with no schedule at all.
+        package = _compiled_package(cluster)
         job = client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=job_name,
             cron_expression=cron,
             max_concurrency=1,
             no_catchup=True,
-            pipeline_package_path=_compiled_package(cluster),
+            pipeline_package_path=package,
             params=arguments,
             service_account=_service_account(service_account),
         )
+        for recurring_run_id in existing:
+            client.delete_recurring_run(recurring_run_id)
         replaced = f", replacing {', '.join(existing)}" if existing else ""
         typer.echo(f"scheduled {job_name} ({cron}) on {host}: recurring run {job.recurring_run_id}{replaced}")

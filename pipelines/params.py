@@ -21,7 +21,9 @@ from pydantic import Field, field_validator, model_validator
 from components.shared.config import ConfigError, StepConfig
 
 Objective = Literal["kto", "sft", "dpo"]
-LabelingPolicy = Literal["votes", "pairwise", "score_threshold", "user_filter"]
+LabelingPolicy = Literal[
+    "votes", "pairwise", "score_threshold", "user_filter"
+]  # user_filter: refused, see _check_step_settings
 Strategy = Literal["ddp", "fsdp", "deepspeed_zero2"]
 
 # What `dkto submit` / `dkto schedule` use unless told otherwise: the service account and the Pushgateway
@@ -61,6 +63,26 @@ PIPELINE_OWNED_TRAIN_FIELDS = frozenset(
 )
 
 
+# EvaluateConfig fields the evaluate component sets itself (components/evaluate/component.py refuses them
+# in eval_options at run time; tests/pipelines/test_params.py checks the two lists agree).
+PIPELINE_OWNED_EVAL_FIELDS = frozenset(
+    {
+        "candidate_model",
+        "baseline_model",
+        "baseline_version",
+        "prompts",
+        "images_per_prompt",
+        "num_inference_steps",
+        "seed",
+        "scorers",
+        "scorer_models",
+        "gate",
+        "output_dir",
+        "run_id",
+    }
+)
+
+
 class PipelineParams(StepConfig):
     """The arguments of one ``diffusion-kto-retrain`` run (every field is a pipeline parameter)."""
 
@@ -75,15 +97,17 @@ class PipelineParams(StepConfig):
         "`pickapic_v2` or `diffusion_kto_csv`.",
     )
     incremental_ingest: bool = Field(
-        True,
-        description="Carry over the last successful run's events for these sources (a pointer under "
-        "outputs_root) and read only what is new; false reads all feedback again and restarts from it.",
+        False,
+        description="Start from the last run's events for these sources (a copy under outputs_root): "
+        "sources are still re-read, previous events are kept even if gone from the sources, and known "
+        "images are not checked again. A record changed in the source then conflicts (quarantined), so "
+        "corrections and deletions need a run with this off (the default), which also becomes the new start.",
     )
     labeling_policy: LabelingPolicy = Field(
         "votes",
         description="How feedback becomes desirable/undesirable labels: `votes` for like/dislike buttons, "
         "`pairwise` for A/B choices (the paper's win+intermediate rule), `score_threshold` for a numeric "
-        "score, `user_filter` for one user's model.",
+        "score. (`user_filter` needs user ids the pipeline has no parameter for: use `dkto label`.)",
     )
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of prompts held out for validation and evaluation."
@@ -268,6 +292,13 @@ class PipelineParams(StepConfig):
         unknown = sorted(set(self.eval_options) - set(EvaluateConfig.model_fields))
         if unknown:
             raise ConfigError(f"PipelineParams.eval_options: {unknown} are not EvaluateConfig fields")
+        owned = sorted(set(self.eval_options) & PIPELINE_OWNED_EVAL_FIELDS)
+        if owned:
+            raise ConfigError(
+                f"PipelineParams.eval_options: {owned} are set by the pipeline (the baseline from the registry, "
+                "the gate_* parameters, eval_prompts, images_per_prompt, eval_inference_steps, seed, scorers); "
+                "use those parameters"
+            )
         for name, table in (
             ("gate_max_regression", self.gate_max_regression),
             ("gate_floors", self.gate_floors),

@@ -87,7 +87,7 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
         feedback_sources: list,
         base_model: str,
         source_format: str = "auto",
-        incremental_ingest: bool = True,
+        incremental_ingest: bool = False,
         labeling_policy: str = "votes",
         val_fraction: float = 0.1,
         registry_uri: str = "sqlite:///outputs/registry/mlflow.db",
@@ -129,8 +129,8 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
             feedback_sources: Local paths, globs or gs:// prefixes of the feedback exports.
             base_model: The model to fine-tune (and the baseline while nothing is in production).
             source_format: `auto`, `jsonl`, `parquet`, `csv`, `pickapic_v2` or `diffusion_kto_csv`.
-            incremental_ingest: Carry over the last run's events for these sources and add only new ones.
-            labeling_policy: `votes`, `pairwise`, `score_threshold` or `user_filter`.
+            incremental_ingest: Start from the last run's events for these sources (opt-in; see README).
+            labeling_policy: `votes`, `pairwise` or `score_threshold`.
             val_fraction: Fraction of prompts held out for validation and evaluation.
             registry_uri: `sqlite:///path.db` (embedded MLflow) or an MLflow server URL.
             registry_artifact_root: Where the registry keeps model files (empty: the registry's default).

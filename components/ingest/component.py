@@ -20,14 +20,17 @@ def ingest_feedback(
     run_id: str = "local",
     pushgateway: str = "",
     outputs_root: str = "",
-    incremental: bool = True,
+    incremental: bool = False,
 ) -> None:
     """Read, validate and de-duplicate the users' feedback events into events.parquet.
 
-    Incremental runs: with ``outputs_root`` set, the step keeps a pointer to the last successful output
-    for these sources (``<outputs_root>/ingest/<hash of sources and format>/latest.json``); the next run
-    carries those events over, adds only new ids and reuses their image checks, instead of reading all
-    feedback again. Importers write images to a store beside the pointer, so image URIs stay stable.
+    Incremental runs (opt-in): with ``outputs_root`` set, the step copies its events to
+    ``<outputs_root>/ingest/<stream>/runs/<run id>/`` (the stream is a hash of the sources and format) and
+    points ``latest.json`` beside it there; an incremental run starts from that copy: it re-reads the
+    sources, keeps the previous events (also those no longer in the sources), adds new ids, and skips the
+    image checks of known URIs. A record whose content changed in the source conflicts with its previous
+    copy (quarantined): corrections and deletions need a run with incremental off. Importers write images
+    to a store beside the pointer, so image URIs stay stable.
 
     Args:
         feedback_sources: Local paths, globs or gs:// prefixes of JSONL / Parquet / CSV feedback exports.
@@ -37,15 +40,16 @@ def ingest_feedback(
         run_id: The pipeline run id (telemetry grouping key and run record directory).
         pushgateway: Prometheus Pushgateway address; empty pushes nothing.
         outputs_root: Root of the run records; empty writes none.
-        incremental: Start from the last run's output for these sources (needs outputs_root); false reads
-            every source from scratch and makes this run's output the new starting point.
+        incremental: Start from the last run's events for these sources (needs outputs_root); false
+            (default) reads every source from scratch, so corrections and deletions take effect, and makes
+            this run's output the new starting point.
     """
     import hashlib
     import json
 
     from components.ingest.step import IngestConfig, run
     from components.shared import storage
-    from pipelines.runtime import durable_uri, prepare_step_env, record_step
+    from pipelines.runtime import prepare_step_env, record_step
 
     prepare_step_env(run_id, pushgateway)
     sources = [str(s) for s in feedback_sources]
@@ -59,9 +63,16 @@ def ingest_feedback(
             settings["previous_output"] = storage.read_json(pointer)["events"]
     result = run(IngestConfig.from_dict(settings))
     if pointer:
-        # Written last, after a successful run: a failed ingest never becomes the next starting point.
-        latest = {"events": durable_uri(events.uri, events.path), "run_id": run_id}
-        storage.write_json(pointer, {**latest, "total_events": result.total_events})
+        # The starting point is a copy this step writes itself under outputs_root: the artifact is uploaded
+        # by KFP only after the step returns (and may live where another pod cannot read it, minio:// say).
+        snapshot = storage.join(outputs_root, "ingest", stream, "runs", run_id)
+        for name in ("events.parquet", "stats.json"):
+            storage.write_bytes(
+                storage.join(snapshot, name), storage.read_bytes(storage.join(events.path, name))
+            )
+        storage.write_json(
+            pointer, {"events": snapshot, "run_id": run_id, "total_events": result.total_events}
+        )
     counts = {k: getattr(result, k) for k in ("read", "accepted", "duplicates", "quarantined")}
     for name, value in counts.items():
         metrics.log_metric(name, value)

@@ -447,6 +447,7 @@ def ingest(config: IngestConfig) -> IngestResult:
         "sources": sources,
         "watermark": watermark.isoformat() if watermark else None,
         "previous_output": config.previous_output,
+        "previous_output_used": previous is not None,
         "total_events": events.num_rows,
         "blank_lines_skipped": blank_lines,
         "images_checked": images_checked,

@@ -139,8 +139,10 @@ def test_eval_options_cannot_replace_the_baseline_or_the_gate(tmp_path: Path, ke
 
 
 def test_ingest_component_runs_incrementally_from_the_last_output(tmp_path: Path) -> None:
-    """The second run of the same sources carries the first run's events over and reads in only the new
-    ones; incremental=False reads everything again."""
+    """An incremental run of the same sources carries the previous run's events over and adds the new
+    ones; incremental=False reads everything again and becomes the new starting point."""
+    import shutil
+
     from PIL import Image
 
     from components.ingest.component import ingest_feedback
@@ -170,15 +172,23 @@ def test_ingest_component_runs_incrementally_from_the_last_output(tmp_path: Path
             incremental=incremental,
         )
         stats = json.loads((out / "stats.json").read_text())
-        return {**metrics.values, "total": stats["total_events"], "from": stats["previous_output"]}
+        return {
+            **metrics.values,
+            "total": stats["total_events"],
+            "from": stats["previous_output"],
+            "used": stats["previous_output_used"],
+        }
 
     first = ingest("run1")
     assert (first["accepted"], first["total"], first["from"]) == (3, 3, None)
+    # The starting point is the step's own copy under outputs_root, not the artifact (which KFP uploads
+    # only after the step, possibly where another pod cannot read it): removing the artifact is harmless.
+    shutil.rmtree(tmp_path / "run1")
     with feedback.open("a") as f:
         f.write(json.dumps({**event, "event_id": "e3"}) + "\n")
     second = ingest("run2")
     assert (second["accepted"], second["duplicates"], second["total"]) == (1, 3, 4)
-    assert second["from"] == str(tmp_path / "run1" / "events")
+    assert Path(str(second["from"])).name == "run1" and second["used"]
     fresh = ingest("run3", incremental=False)
     assert (fresh["accepted"], fresh["duplicates"], fresh["from"]) == (4, 0, None)
-    assert ingest("run4")["from"] == str(tmp_path / "run3" / "events")  # the fresh run is the new start
+    assert Path(str(ingest("run4")["from"])).name == "run3"  # the fresh run is the new start

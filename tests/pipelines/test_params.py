@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,33 @@ def test_an_unsubstituted_run_id_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="KFP 2.4"):
         prepare_step_env("{{$.pipeline_job_uuid}}", "")
+
+
+def test_eval_options_refused_at_load_are_exactly_those_the_evaluate_component_refuses(
+    tmp_path: Path,
+) -> None:
+    """The load-time check and the component's run-time guard must name the same fields."""
+    from types import SimpleNamespace
+
+    from components.evaluate.component import evaluate_candidate
+    from components.evaluate.step import EvaluateConfig
+    from pipelines.params import PIPELINE_OWNED_EVAL_FIELDS
+
+    artifact = SimpleNamespace(path=str(tmp_path), uri=str(tmp_path), metadata={})
+    with pytest.raises(ValueError, match="eval_options may not set") as err:
+        evaluate_candidate.python_func(
+            candidate=artifact,
+            labeled=artifact,
+            baseline_model="base",
+            baseline_version="",
+            evaluation=artifact,
+            report=artifact,
+            metrics=artifact,
+            eval_options={name: None for name in EvaluateConfig.model_fields},
+        )
+    refused = set(re.findall(r"'(\w+)'", str(err.value).split("]")[0]))
+    assert refused == PIPELINE_OWNED_EVAL_FIELDS
+    with pytest.raises(ConfigError, match="set by the pipeline"):
+        load_params(
+            None, ["feedback_sources=[a.jsonl]", "base_model=m", "eval_options={num_inference_steps: 10}"]
+        )

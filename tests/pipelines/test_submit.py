@@ -157,3 +157,16 @@ def test_schedule_refuses_a_second_schedule_of_the_same_name_unless_replaced(cli
     assert client.deleted == ["job-1"] and list(client.recurring) == ["job-2"]
     _dkto(*args, "--name", "weekly")  # another name is another schedule
     assert sorted(client.recurring.values()) == ["diffusion-kto-retrain-nightly", "weekly"]
+
+
+def test_a_failing_replacement_leaves_the_old_schedule(client: RecordingClient, tmp_path: Path) -> None:
+    """--replace deletes the old recurring run only after the new one exists."""
+    from pipelines.cli import app
+
+    args = ["schedule", "--cron", "0 0 3 * * *", "--host", "http://kfp.test", *_sets()]
+    _dkto(*args)
+    bad_cluster = tmp_path / "cluster.yaml"
+    bad_cluster.write_text("train_retries: -1\n")
+    failed = CliRunner().invoke(app, [*args, "--replace", "--cluster", str(bad_cluster)])
+    assert failed.exit_code != 0
+    assert client.recurring == {"job-1": "diffusion-kto-retrain-nightly"} and client.deleted == []
