@@ -360,6 +360,13 @@ class ClusterSettings(StepConfig):
     train_retries: int = Field(
         2, ge=0, description="Retries of the training task (each resumes from the run's checkpoints)."
     )
+    train_with_trainjob: bool = Field(
+        False,
+        description="Compile the training task as a launcher that always runs training as a Kubeflow "
+        "Trainer TrainJob (num_nodes x gpus_per_node, runtime dkto-torch-distributed from k8s/) and requests "
+        "no GPU itself. Use it where runs go multi-node: otherwise the KFP pod holds gpus_per_node idle "
+        "GPUs while the TrainJob runs. Checkpoints and outputs must then be on gs://.",
+    )
     eval_gpu: bool = Field(True, description="Run evaluation sampling on one GPU.")
     step_cpu: str = Field("2", description="CPU request of the CPU steps.")
     step_memory: str = Field("8G", description="Memory request of the CPU steps.")

@@ -218,21 +218,27 @@ def build_pipeline(settings: ClusterSettings | None = None) -> Callable[..., Any
                 run_id=run_id,
                 pushgateway=pushgateway,
                 outputs_root=outputs_root,
+                use_trainjob=settings.train_with_trainjob,
             ).set_display_name("train (Diffusion-KTO)")
-            # The trainer label makes the PodMonitor scrape /metrics on train_metrics_port (k8s/monitoring).
-            _project_pod(train, {**settings.pod_labels, **settings.trainer_pod_labels})
-            train.set_accelerator_type(settings.gpu_type).set_accelerator_limit(gpus_per_node)
-            train.set_cpu_request(settings.train_cpu).set_cpu_limit(settings.train_cpu)
-            train.set_memory_request(settings.train_memory).set_memory_limit(settings.train_memory)
-            _on_gpu_nodes(train, settings)
-            # NCCL and data-loader workers share tensors through /dev/shm; the container default is 64 MiB.
-            kubernetes.empty_dir_mount(
-                train,
-                volume_name=SHM_VOLUME,
-                mount_path="/dev/shm",
-                medium="Memory",
-                size_limit=settings.shm_size,
-            )
+            if settings.train_with_trainjob:
+                # A launcher only: the TrainJob's workers hold the GPUs and serve the metrics (their pods
+                # carry the trainer label, k8s/base/training-runtime.yaml); this pod would be a down target.
+                _cpu_step(train, settings)
+            else:
+                # The trainer label makes the PodMonitor scrape /metrics on train_metrics_port.
+                _project_pod(train, {**settings.pod_labels, **settings.trainer_pod_labels})
+                train.set_accelerator_type(settings.gpu_type).set_accelerator_limit(gpus_per_node)
+                train.set_cpu_request(settings.train_cpu).set_cpu_limit(settings.train_cpu)
+                train.set_memory_request(settings.train_memory).set_memory_limit(settings.train_memory)
+                _on_gpu_nodes(train, settings)
+                # NCCL and data-loader workers share tensors through /dev/shm (the container default: 64 MiB).
+                kubernetes.empty_dir_mount(
+                    train,
+                    volume_name=SHM_VOLUME,
+                    mount_path="/dev/shm",
+                    medium="Memory",
+                    size_limit=settings.shm_size,
+                )
             kubernetes.set_timeout(train, settings.train_timeout_s)
             # A retry keeps the run id, so it resumes from <checkpoint_root>/<run id>/train. The retry window
             # (Argo's backoff maxDuration, counted from the first attempt's start; kfp's default is 1 h) must

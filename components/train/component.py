@@ -39,6 +39,7 @@ def train_model(
     run_id: str = "local",
     pushgateway: str = "",
     outputs_root: str = "",
+    use_trainjob: bool = False,
 ) -> None:
     """Fine-tune the base model on the labeled images with Diffusion-KTO (or the SFT / DPO baselines).
 
@@ -69,6 +70,8 @@ def train_model(
         run_id: The pipeline run id (checkpoint location, telemetry).
         pushgateway: Prometheus Pushgateway address; empty pushes nothing.
         outputs_root: Root of the run records; empty writes none.
+        use_trainjob: Always train in a Kubeflow Trainer TrainJob, this pod only launching and following
+            it (a compile-time setting, ClusterSettings.train_with_trainjob, which also drops this pod's GPUs).
     """
     from components.shared import storage
     from components.train.launcher import LaunchPlan, launch
@@ -77,7 +80,8 @@ def train_model(
 
     prepare_step_env(run_id, pushgateway)
     # Several nodes write the model themselves, so it must go where every node can reach it.
-    output_dir = durable_uri(model.uri, model.path) if num_nodes > 1 else model.path
+    on_trainjob = num_nodes > 1 or use_trainjob
+    output_dir = durable_uri(model.uri, model.path) if on_trainjob else model.path
     settings = {
         "pretrained_model": base_model,
         "train_data": storage.join(labeled.path, "train.parquet"),
@@ -106,7 +110,10 @@ def train_model(
     settings.update(label_class_weights(settings, set(dict(train_options)), label_stats_uri))
     config = TrainConfig.from_dict(settings)
     plan = LaunchPlan(
-        gpus_per_node=int(gpus_per_node), num_nodes=int(num_nodes), strategy=distributed_strategy
+        gpus_per_node=int(gpus_per_node),
+        num_nodes=int(num_nodes),
+        strategy=distributed_strategy,
+        trainjob=bool(use_trainjob),
     )
     result = launch(config, plan)
     figures = {

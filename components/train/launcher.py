@@ -60,6 +60,8 @@ class LaunchPlan:
     memory_per_node: str = "128Gi"
     timeout_s: int = 48 * 3600
     env: dict[str, str] = field(default_factory=dict)
+    trainjob: bool = False
+    """Run as a TrainJob even on one node (the calling pod is a GPU-less launcher)."""
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 0:
@@ -68,13 +70,15 @@ class LaunchPlan:
             raise LaunchError(f"num_nodes must be >= 1, got {self.num_nodes}")
         if self.num_nodes > 1 and self.gpus_per_node < 1:
             raise LaunchError(f"num_nodes={self.num_nodes} needs gpus_per_node >= 1 (multi-node is GPU-only)")
+        if self.trainjob and self.gpus_per_node < 1:
+            raise LaunchError("a TrainJob launch needs gpus_per_node >= 1 (its workers are GPU nodes)")
         if self.strategy not in STRATEGIES:
             raise LaunchError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
 
     @property
     def mode(self) -> Literal["in_process", "accelerate", "trainjob"]:
-        """How this plan runs: in this process, accelerate in this pod, or a multi-node TrainJob."""
-        if self.num_nodes > 1:
+        """How this plan runs: in this process, accelerate in this pod, or a (multi-node) TrainJob."""
+        if self.num_nodes > 1 or self.trainjob:
             return "trainjob"
         return "accelerate" if self.gpus_per_node > 1 else "in_process"
 
@@ -295,11 +299,14 @@ class TrainJobRequest:
 
 
 def trainjob_request(config_uri: str, result_uri: str, plan: LaunchPlan, *, job_name: str) -> TrainJobRequest:
-    """Build the TrainJob request of a multi-node plan (no cluster needed; a test checks it)."""
+    """Build the TrainJob request of a TrainJob plan (no cluster needed; a test checks it)."""
     from components.shared.images import TRAINER_IMAGE
 
-    if plan.num_nodes < 2:
-        raise LaunchError(f"a TrainJob is for num_nodes >= 2, got {plan.num_nodes}; train in the pod instead")
+    if plan.mode != "trainjob":
+        raise LaunchError(
+            f"a TrainJob is for num_nodes >= 2 or a launcher pod (trainjob=True), got {plan.num_nodes} node(s); "
+            "train in the pod instead"
+        )
     for uri in (config_uri, result_uri):
         if not storage.is_gcs(uri):
             raise LaunchError(

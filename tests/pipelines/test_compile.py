@@ -242,3 +242,18 @@ def test_local_and_custom_settings_change_the_metrics_port(tmp_path: Path) -> No
         "team": "ml",
         "app.kubernetes.io/component": "trainer",
     }
+
+
+def test_trainjob_launcher_setting_drops_the_pods_gpus(tmp_path: Path) -> None:
+    """train_with_trainjob: the KFP training pod only launches and follows a TrainJob, so it asks for no
+    GPU, no GPU node and no trainer label (its workers carry those), and tells the component so."""
+    settings = ClusterSettings.from_dict({"train_with_trainjob": True})
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "launcher.yaml", settings).read_text())
+    container = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert "accelerator" not in container["resources"]
+    assert container["resources"]["resourceCpuRequest"] == settings.step_cpu
+    executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
+    assert "nodeSelector" not in executor and "tolerations" not in executor
+    assert "app.kubernetes.io/component" not in executor["podMetadata"]["labels"]
+    use_trainjob = _tasks(spec)["train-model"]["inputs"]["parameters"]["use_trainjob"]
+    assert use_trainjob["runtimeValue"]["constant"] is True

@@ -17,6 +17,8 @@ def test_plan_modes() -> None:
     assert LaunchPlan(gpus_per_node=1).mode == "in_process"
     assert LaunchPlan(gpus_per_node=8).mode == "accelerate"
     assert LaunchPlan(gpus_per_node=8, num_nodes=2).mode == "trainjob"
+    # a GPU-less launcher pod (ClusterSettings.train_with_trainjob) runs even one node as a TrainJob
+    assert LaunchPlan(gpus_per_node=8, trainjob=True).mode == "trainjob"
 
 
 @pytest.mark.parametrize(
@@ -25,6 +27,7 @@ def test_plan_modes() -> None:
         ({"num_nodes": 2, "gpus_per_node": 0}, "multi-node is GPU-only"),
         ({"strategy": "horovod"}, "not one of ddp, fsdp, deepspeed_zero2"),
         ({"num_nodes": 0}, "num_nodes must be >= 1"),
+        ({"trainjob": True, "gpus_per_node": 0}, "TrainJob launch needs gpus_per_node"),
     ],
 )
 def test_plan_rejects_impossible_layouts(kwargs: dict, message: str) -> None:
@@ -149,3 +152,16 @@ def test_node_command_resolves_under_bash(tmp_path) -> None:
     assert out[out.index("--machine_rank") + 1] == "1"
     assert out[out.index("--main_process_ip") + 1] == "10.0.0.1"
     assert out[-4:] == ["--config", "gs://b/cfg.yaml", "--result-json", "gs://b/res.json"]
+
+
+def test_a_launcher_pod_submits_even_one_node_as_a_trainjob() -> None:
+    """ClusterSettings.train_with_trainjob: the KFP pod holds no GPU, so one node of 8 GPUs is a TrainJob
+    too; without that setting a one-node plan trains in its own pod and refuses to build a TrainJob."""
+    pytest.importorskip("kubeflow.trainer")
+    cfg, res = "gs://b/ckpt/cfg.yaml", "gs://b/ckpt/res.json"
+    request = trainjob_request(cfg, res, LaunchPlan(gpus_per_node=8, trainjob=True), job_name="dkto-one")
+    trainer = request.manifest()["spec"]["trainer"]
+    assert trainer["numNodes"] == 1 and trainer["numProcPerNode"] == 8
+    assert "--num_machines 1 " in trainer["command"][-1]
+    with pytest.raises(LaunchError, match="train in the pod instead"):
+        trainjob_request(cfg, res, LaunchPlan(gpus_per_node=8), job_name="dkto-one")
