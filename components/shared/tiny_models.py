@@ -135,24 +135,25 @@ def _text_config(vocab_size: int, hidden: int, layers: int, projection_dim: int 
     )
 
 
-def save_sd_pipeline(path: str | Path, *, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Path:
-    """Assemble an SD v1.x-layout pipeline from its parts, with SD v1.5's noise schedule, and save it.
+def sd_pipeline(*, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any = None) -> Any:
+    """An SD v1.x-layout ``StableDiffusionPipeline`` from its parts (no safety checker).
 
-    The schedule is SD v1.5's scheduler_config.json (scaled_linear 0.00085..0.012, 1000 steps, epsilon
-    prediction, steps_offset 1); weights are written as safetensors only.
+    ``scheduler`` defaults to SD v1.5's training schedule (its scheduler_config.json: scaled_linear
+    0.00085..0.012, 1000 steps, epsilon prediction, steps_offset 1) as a DDPMScheduler.
     """
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        prediction_type="epsilon",
-        steps_offset=1,  # 0 draws a deprecation warning from the pipeline
-    )
-    StableDiffusionPipeline(
+    if scheduler is None:
+        scheduler = DDPMScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            prediction_type="epsilon",
+            steps_offset=1,  # 0 draws a deprecation warning from the pipeline
+        )
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -161,8 +162,54 @@ def save_sd_pipeline(path: str | Path, *, vae: Any, text_encoder: Any, tokenizer
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    ).save_pretrained(path, safe_serialization=True)
+    )
+
+
+def save_sd_pipeline(path: str | Path, *, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any) -> Path:
+    """Assemble an SD v1.x-layout pipeline from its parts (``sd_pipeline``, SD v1.5's noise schedule) and
+    save it, weights as safetensors only."""
+    sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet).save_pretrained(
+        path, safe_serialization=True
+    )
     return Path(path)
+
+
+def tiny_sd_configs(
+    resolution: int = 32, unet_channels: tuple[int, ...] = (32, 64), text_hidden: int = 32
+) -> tuple[dict, dict, dict]:
+    """Keyword arguments of the tiny SD's UNet, VAE (two levels: latents at ``resolution / 2``) and text
+    encoder (``CLIPTextConfig`` without vocabulary and token ids)."""
+    unet = dict(
+        sample_size=resolution // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(unet_channels) - 1),
+        up_block_types=("UpBlock2D",) * (len(unet_channels) - 1) + ("CrossAttnUpBlock2D",),
+        cross_attention_dim=text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=resolution,
+    )
+    text = dict(
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+    )
+    return unet, vae, text
 
 
 def build_tiny_sd(
@@ -188,29 +235,9 @@ def build_tiny_sd(
     tok_dir = write_tokenizer(path / "_tokenizer_src", words)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     text_encoder = CLIPTextModel(_text_config(len(tokenizer), text_hidden, 2))
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=resolution,
-    )
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 2,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=unet_channels,
-        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(unet_channels) - 1),
-        up_block_types=("UpBlock2D",) * (len(unet_channels) - 1) + ("CrossAttnUpBlock2D",),
-        cross_attention_dim=text_hidden,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet_kwargs, vae_kwargs, _ = tiny_sd_configs(resolution, unet_channels, text_hidden)
+    vae = AutoencoderKL(**vae_kwargs)
+    unet = UNet2DConditionModel(**unet_kwargs)
     save_sd_pipeline(path, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     import shutil
 

@@ -13,6 +13,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
@@ -256,6 +257,24 @@ class StepSampler:
         self.prompt_slot = torch.from_numpy(data.prompt_index + 1)
         self.labels = torch.from_numpy(data.desirable)
         self.pairs = torch.from_numpy(dpo_pairs(data)) if objective == "dpo" else None
+
+    @classmethod
+    def for_config(
+        cls, data: TrainData, config: Any, *, process_index: int = 0, num_processes: int = 1
+    ) -> StepSampler:
+        """The sampler a ``TrainConfig`` asks for: its objective, batch size, γ, caption dropout, flips and
+        seed."""
+        return cls(
+            data,
+            objective=config.objective,
+            batch_size=config.train_batch_size,
+            desirable_ratio=config.desirable_ratio,
+            caption_dropout=config.caption_dropout,
+            hflip=config.hflip,
+            seed=config.seed,
+            process_index=process_index,
+            num_processes=num_processes,
+        )
 
     def _pick(self, pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
         return pool[torch.randint(0, len(pool), (n,), generator=g)]

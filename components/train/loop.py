@@ -374,16 +374,8 @@ def train(config: TrainConfig) -> TrainResult:
             )
         log.info("resumed from %s at step %d", resume_uri, global_step)
 
-    sampler = StepSampler(
-        data,
-        objective=config.objective,
-        batch_size=config.train_batch_size,
-        desirable_ratio=config.desirable_ratio,
-        caption_dropout=config.caption_dropout,
-        hflip=config.hflip,
-        seed=config.seed,
-        process_index=accelerator.process_index,
-        num_processes=n_proc,
+    sampler = StepSampler.for_config(
+        data, config, process_index=accelerator.process_index, num_processes=n_proc
     )
     trainer = Trainer(config, models, encoded, accelerator, unet)
     images_per_step = (

@@ -319,6 +319,12 @@ def run(config: TrainConfig) -> TrainResult:
     return train(config)
 
 
+def uses_label_class_weights(desirable_ratio: float | None, explicit: set[str]) -> bool:
+    """Whether training takes the label step's λ_D / λ_U: only with uniform sampling (``desirable_ratio``
+    None) and when the user set neither weight (``explicit``: the fields the user gave)."""
+    return desirable_ratio is None and not explicit & {"desirable_weight", "undesirable_weight"}
+
+
 def label_class_weights(
     settings: dict[str, Any], explicit: set[str], label_stats_uri: str
 ) -> dict[str, float]:
@@ -329,7 +335,7 @@ def label_class_weights(
     the weights on top would rebalance twice (γ = 0.8 with Pick-a-Pic's λ_D = 2.9 weighs liked images
     11.6x): then λ_D = λ_U = 1, the paper's setting. Weights the user set (``explicit``) always win.
     """
-    if settings.get("desirable_ratio") is not None or explicit & {"desirable_weight", "undesirable_weight"}:
+    if not uses_label_class_weights(settings.get("desirable_ratio"), explicit):
         return {}
     from components.shared import storage
 

@@ -36,9 +36,12 @@ class ObjectiveSettings(BaseModel):
 
     def uses_label_weights(self) -> bool:
         """Whether this arm trains with the label step's class weights (see label_class_weights)."""
+        from components.train.step import uses_label_class_weights
+
         if self.label_class_weights is not None:
             return self.label_class_weights
-        return "desirable_ratio" in self.extra and self.extra["desirable_ratio"] is None
+        # as the pipeline's training task decides (TrainConfig's default γ is 0.8)
+        return uses_label_class_weights(self.extra.get("desirable_ratio", 0.8), set(self.extra))
 
     @property
     def label(self) -> str:

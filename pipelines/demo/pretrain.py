@@ -51,10 +51,10 @@ def build_pipeline(text_hidden: int = 64, unet_channels: tuple[int, ...] = (32, 
     import tempfile
 
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from components.shared.tiny_models import write_tokenizer
+    from components.shared.tiny_models import sd_pipeline, write_tokenizer
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,15 +110,8 @@ def build_pipeline(text_hidden: int = 64, unet_channels: tuple[int, ...] = (32, 
         steps_offset=1,
         prediction_type="epsilon",
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    return sd_pipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
     )
 
 

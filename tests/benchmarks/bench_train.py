@@ -50,7 +50,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components.shared.tiny_models import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG  # noqa: E402
+from components.shared.tiny_models import (  # noqa: E402
+    SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG,
+    tiny_sd_configs,
+)
 from components.train.cache import EncodedData  # noqa: E402
 from components.train.data import StepSampler, TrainData  # noqa: E402
 from components.train.losses import diffusion_kto_loss, per_sample_mse  # noqa: E402
@@ -114,15 +119,7 @@ def optimized_step(
         if models.reference_unet is not None:
             models.reference_unet.compile()
     trainer = Trainer(config, models, encoded, accelerator, unet)
-    sampler = StepSampler(
-        data,
-        objective="kto",
-        batch_size=config.train_batch_size,
-        desirable_ratio=config.desirable_ratio,
-        caption_dropout=config.caption_dropout,
-        hflip=False,
-        seed=config.seed,
-    )
+    sampler = StepSampler.for_config(data, config)  # kto, no flips (TrainConfig's defaults)
 
     def step(i: int) -> None:
         loss, _, _, _ = trainer.loss(sampler.batch(i), i)
@@ -629,28 +626,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    text_tiny = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)
-    tiny_unet = dict(
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    tiny_vae = dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-    )
+    tiny_unet, tiny_vae, text_tiny = tiny_sd_configs()
     table = print_flop_table(
         {
             "SD v1.5 at 512 px": (SD15_UNET, SD15_VAE, SD15_TEXT, 512),
@@ -663,7 +639,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tests' tiny SD at 32 px": (
                 tiny_unet,
                 tiny_vae,
-                {**text_tiny, "max_position_embeddings": 77},
+                text_tiny,
                 32,
             ),
         }

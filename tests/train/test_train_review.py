@@ -54,16 +54,7 @@ def build_trainer(config: Any) -> Any:
         workers=0,
     )
     unet = accelerator.prepare(models.unet)
-    sampler = StepSampler(
-        data,
-        objective=config.objective,
-        batch_size=config.train_batch_size,
-        desirable_ratio=config.desirable_ratio,
-        caption_dropout=config.caption_dropout,
-        hflip=config.hflip,
-        seed=config.seed,
-    )
-    return Trainer(config, models, encoded, accelerator, unet), sampler
+    return Trainer(config, models, encoded, accelerator, unet), StepSampler.for_config(data, config)
 
 
 @pytest.fixture(scope="module")
