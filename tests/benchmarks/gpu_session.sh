@@ -6,10 +6,11 @@
 #       downloads the wheels the GPU image lacks (diffusers, pydantic and their missing needs, pinned to the
 #       versions in this checkout's .venv) for its Python 3.12 into .wheels/ (git-ignored)
 #   there:             bash tests/benchmarks/gpu_session.sh run        (device tool: carry [".wheels"],
-#                      timeout_s 600; each part has its own limit, 560 s in all)
+#                      timeout_s 540; each part has its own limit and all share one 450 s deadline)
 #       installs them under /tmp/site, then: the `gpu` tests of tests/train, bench_train.py --sd15 (bf16,
-#       batch 16, naive step alongside), the same with --compile, bench_eval.py --sd15; prints a summary
-#       table and writes every log to $OUT. A failing part is reported and the next one still runs.
+#       batch 16, naive step alongside), bench_eval.py --sd15, bench_train.py --sd15 with --compile, with
+#       --channels-last and with --profile; prints a summary table and writes every log to $OUT (8 files at
+#       most come back). A failing part is reported and the next one still runs.
 #
 # Record the table, the card's name and this command in tests/benchmarks/RESULTS.md.
 set -uo pipefail
@@ -47,31 +48,49 @@ diffusers.__version__, 'transformers', transformers.__version__, 'accelerate', a
     | tee -a "$out/gpu.txt"
 
 declare -A status
+# One deadline for all parts (BUDGET_S, default 450 s) so the summary prints inside the device call's
+# timeout whatever hangs; each part also has its own limit. Parts run in order of what the issue needs.
+deadline=$((SECONDS + ${BUDGET_S:-450}))
+names=()
 part() {  # part NAME TIMEOUT_S COMMAND...: run one check, keep its log, go on when it fails
-    local name=$1 limit=$2
+    local name=$1 limit=$2 left=$((deadline - SECONDS))
     shift 2
-    echo "=== $name: $*"
+    names+=("$name")
+    if [ "$left" -lt 20 ]; then
+        echo "=== $name: skipped, the session's deadline is near"
+        status[$name]=skipped
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+    echo "=== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
-    status[$name]=$?
-    tail -n 15 "$out/$name.log"
+    status[$name]="$? after $((SECONDS - t0))s"
+    tail -n 12 "$out/$name.log"
 }
-part gpu_tests 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/train
-part bench_train 170 python3 tests/benchmarks/bench_train.py --sd15 --batch-size 16 --dtype bf16 --steps 20
-part bench_train_compile 170 python3 tests/benchmarks/bench_train.py --sd15 --batch-size 16 --dtype bf16 \
-    --steps 20 --compile --skip-naive
-part bench_eval 120 python3 tests/benchmarks/bench_eval.py --sd15 --prompts 16 --images-per-prompt 4
+sd15=(python3 tests/benchmarks/bench_train.py --sd15 --batch-size 16 --dtype bf16)
+part gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/train
+part bench_train 130 "${sd15[@]}" --steps 20
+part bench_eval 110 python3 tests/benchmarks/bench_eval.py --sd15 --prompts 16 --images-per-prompt 4
+part bench_train_compile 160 "${sd15[@]}" --steps 20 --skip-naive --compile
+part bench_train_cl 70 "${sd15[@]}" --steps 20 --skip-naive --channels-last
+part bench_train_profile 60 "${sd15[@]}" --profile --warmup 3
 
-echo
-echo "=== summary ($(head -n 1 "$out/gpu.txt"))"
-for name in gpu_tests bench_train bench_train_compile bench_eval; do
-    echo "$name: exit ${status[$name]} ($out/$name.log)"
-done
-grep -h -E "passed|failed|error|skipped" "$out/gpu_tests.log" | tail -n 1
-# bench_train's last line is one JSON object of its figures (bench_eval's figures are in its log's tail above).
-for name in bench_train bench_train_compile; do
-    tail -n 1 "$out/$name.log" | python3 -c "import json, sys
+{
+    echo "=== summary ($(head -n 1 "$out/gpu.txt"))"
+    for name in "${names[@]}"; do
+        echo "$name: exit ${status[$name]} ($out/$name.log)"
+    done
+    grep -h -E "passed|failed|error|skipped" "$out/gpu_tests.log" | tail -n 1
+    grep -h -E "images/s" "$out/bench_eval.log" 2>/dev/null
+    # bench_train's last line is one JSON object of its figures.
+    for name in bench_train bench_train_cl bench_train_compile; do
+        tail -n 1 "$out/$name.log" 2>/dev/null | python3 -c "import json, sys
 try:
-    print('$name', json.dumps(json.loads(sys.stdin.read())))
+    r = json.loads(sys.stdin.read())
+    r.pop('flops_gflop_per_sample', None)
+    print('$name', json.dumps(r))
 except ValueError:
     print('$name: no figures (see its log)')"
-done
+    done
+} | tee "$out/summary.txt"
