@@ -239,6 +239,16 @@ class Trainer:
         return kto.loss, kto.reward_margin, kto.reward_accuracy, kto.reference_point
 
 
+def configure_cuda_backends(config: TrainConfig, device_type: str) -> None:
+    """Process-wide CUDA switches of a run: TF32 matmuls and cuDNN's algorithm search (no-ops off CUDA)."""
+    if device_type != "cuda":
+        return
+    if config.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+
+
 def _make_optimizer(
     config: TrainConfig, params: list[torch.nn.Parameter], device_type: str
 ) -> torch.optim.Optimizer:
@@ -298,9 +308,7 @@ def train(config: TrainConfig) -> TrainResult:
         cpu=device_type == "cpu",
     )
     set_seed(config.seed)
-    if device_type == "cuda" and config.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_cuda_backends(config, device_type)
     tel, gauges = _telemetry(config)
     if config.metrics_port and accelerator.is_main_process:
         tel.serve(config.metrics_port)

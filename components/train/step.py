@@ -139,6 +139,11 @@ class TrainConfig(StepConfig):
         default=False, description="Recompute UNet activations in the backward pass to save memory."
     )
     allow_tf32: bool = Field(default=True, description="Let fp32 matmuls use TF32 on Ampere+ GPUs.")
+    cudnn_benchmark: bool = Field(
+        default=True,
+        description="Let cuDNN time its convolution algorithms on the first step and keep the fastest (shapes "
+        "are fixed for a run); off makes CUDA convolutions pick the same algorithm every run.",
+    )
     channels_last: bool = Field(default=False, description="Keep UNet weights and inputs in channels_last.")
     torch_compile: bool = Field(default=False, description="Compile the UNet with torch.compile.")
     use_ema: bool = Field(

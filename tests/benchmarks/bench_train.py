@@ -109,8 +109,9 @@ def optimized_step(
     config: TrainConfig, models: TrainModels, encoded: EncodedData, data: TrainData, accelerator: Any
 ) -> Callable[[int], None]:
     """The trainer's step: ``Trainer.loss`` on a ``StepSampler`` batch, backward, clip, AdamW."""
-    from components.train.loop import Trainer, _make_optimizer
+    from components.train.loop import Trainer, _make_optimizer, configure_cuda_backends
 
+    configure_cuda_backends(config, accelerator.device.type)
     params = [p for p in models.unet.parameters() if p.requires_grad]
     optimizer = _make_optimizer(config, params, accelerator.device.type)
     unet, optimizer = accelerator.prepare(models.unet, optimizer)
@@ -495,6 +496,7 @@ def bench_sd15(args: argparse.Namespace) -> dict[str, Any]:
         device=device.type,
         torch_compile=args.compile,
         channels_last=args.channels_last,
+        cudnn_benchmark=not args.no_cudnn_benchmark,
         progress_bar=False,
     )
     fast = optimized_step(config, models, encoded, data, accelerator)
@@ -563,6 +565,7 @@ def run_pair(
         "dtype": args.dtype,
         "compile": args.compile,
         "channels_last": args.channels_last,
+        "cudnn_benchmark": not args.no_cudnn_benchmark,
         "steps": args.steps,
     }
     with peak_memory(device) as mem:
@@ -612,6 +615,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (tiny: 2, sd15: 3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNets (trainer option)")
+    parser.add_argument(
+        "--no-cudnn-benchmark", action="store_true", help="TrainConfig.cudnn_benchmark off (CUDA only)"
+    )
     parser.add_argument(
         "--channels-last", action="store_true", help="UNets in channels_last memory format (trainer option)"
     )
