@@ -145,7 +145,13 @@ class TrainConfig(StepConfig):
         "are fixed for a run); off makes CUDA convolutions pick the same algorithm every run.",
     )
     channels_last: bool = Field(default=False, description="Keep UNet weights and inputs in channels_last.")
-    torch_compile: bool = Field(default=False, description="Compile the UNet with torch.compile.")
+    torch_compile: bool = Field(
+        default=False,
+        description="Compile the UNet with torch.compile: the largest speed-up measured on a GPU (SD v1.5, "
+        "512 px, bf16, batch 16 on an H200: 64 -> 90 samples/s) for about 3 minutes of compiling when the "
+        "run starts, in every process. Off by default until it has run on GPUs with LoRA, SDXL and several "
+        "processes.",
+    )
     use_ema: bool = Field(
         default=False, description="Keep an exponential moving average of the weights and export it."
     )
