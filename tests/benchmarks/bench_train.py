@@ -105,8 +105,34 @@ def time_steps(step: Callable[[int], Any], steps: int, warmup: int, device: torc
 # --------------------------------------------------------------------------------------- optimized step
 
 
+# The UNet's repeated blocks, compiled one by one with --compile-regions (diffusers' own
+# `compile_repeated_blocks` lists only the transformer blocks; the ResNet blocks hold the GroupNorms and casts).
+REPEATED_BLOCKS = ("ResnetBlock2D", "Transformer2DModel")
+
+
+def compile_unet(unet: torch.nn.Module, mode: str, regions: bool) -> None:
+    """``torch.compile`` in place, as the trainer does (``mode`` and ``regions`` are experiments of this script)."""
+    if not regions:
+        unet.compile(mode=mode)
+        return
+    # Instances of one block class share dynamo's cache entry: static shapes, one graph per block shape
+    # (an SD UNet has more than dynamo's default of 8 ResNet block shapes).
+    import torch._dynamo.config
+
+    torch._dynamo.config.recompile_limit = 64
+    for module in unet.modules():
+        if type(module).__name__ in REPEATED_BLOCKS:
+            module.compile(mode=mode, dynamic=False)
+
+
 def optimized_step(
-    config: TrainConfig, models: TrainModels, encoded: EncodedData, data: TrainData, accelerator: Any
+    config: TrainConfig,
+    models: TrainModels,
+    encoded: EncodedData,
+    data: TrainData,
+    accelerator: Any,
+    compile_mode: str = "default",
+    compile_regions: bool = False,
 ) -> Callable[[int], None]:
     """The trainer's step: ``Trainer.loss`` on a ``StepSampler`` batch, backward, clip, AdamW."""
     from components.train.loop import Trainer, _make_optimizer, configure_cuda_backends
@@ -116,9 +142,9 @@ def optimized_step(
     optimizer = _make_optimizer(config, params, accelerator.device.type)
     unet, optimizer = accelerator.prepare(models.unet, optimizer)
     if config.torch_compile:
-        accelerator.unwrap_model(unet).compile()
+        compile_unet(accelerator.unwrap_model(unet), compile_mode, compile_regions)
         if models.reference_unet is not None:
-            models.reference_unet.compile()
+            compile_unet(models.reference_unet, compile_mode, compile_regions)
     trainer = Trainer(config, models, encoded, accelerator, unet)
     sampler = StepSampler.for_config(data, config)  # kto, no flips (TrainConfig's defaults)
 
@@ -371,7 +397,7 @@ def bench_tiny(args: argparse.Namespace) -> dict[str, Any]:
         dtype=torch.float32,
         workers=0,
     ).to(accelerator.device)
-    fast = optimized_step(config, models, encoded, data, accelerator)
+    fast = optimized_step(config, models, encoded, data, accelerator, args.compile_mode, args.compile_regions)
     if args.profile:
         profile_step(fast, args.warmup)
         return {}
@@ -499,7 +525,7 @@ def bench_sd15(args: argparse.Namespace) -> dict[str, Any]:
         cudnn_benchmark=not args.no_cudnn_benchmark,
         progress_bar=False,
     )
-    fast = optimized_step(config, models, encoded, data, accelerator)
+    fast = optimized_step(config, models, encoded, data, accelerator, args.compile_mode, args.compile_regions)
     if args.profile:
         profile_step(fast, args.warmup)
         return {}
@@ -564,6 +590,8 @@ def run_pair(
         "resolution": args.resolution,
         "dtype": args.dtype,
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
+        "compile_regions": args.compile_regions if args.compile else None,
         "channels_last": args.channels_last,
         "cudnn_benchmark": not args.no_cudnn_benchmark,
         "steps": args.steps,
@@ -615,6 +643,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (tiny: 2, sd15: 3)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNets (trainer option)")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode with --compile (the trainer uses default)",
+    )
+    parser.add_argument(
+        "--compile-regions",
+        action="store_true",
+        help="with --compile: compile each ResNet and transformer block alone (faster to compile)",
+    )
     parser.add_argument(
         "--no-cudnn-benchmark", action="store_true", help="TrainConfig.cudnn_benchmark off (CUDA only)"
     )
