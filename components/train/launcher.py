@@ -83,6 +83,37 @@ class LaunchPlan:
         return "accelerate" if self.gpus_per_node > 1 else "in_process"
 
 
+def strategy_conflicts(strategy: str, config: TrainConfig) -> list[str]:
+    """One plain-words reason per setting of ``config`` that the multi-GPU ``strategy`` cannot run; [] if none.
+
+    The trainer reaches the UNet's full weights outside accelerate's wrapper in these cases, which works
+    when every process holds all weights (ddp; deepspeed_zero2 shards only gradients and optimizer state)
+    but not when FSDP shards the parameters, and accelerate 1.15 saves FSDP and DeepSpeed models itself,
+    outside the trainer's LoRA adapter checkpoint.
+    """
+    reasons: list[str] = []
+    if config.use_lora and strategy in ("fsdp", "deepspeed_zero2"):
+        reasons.append(
+            f"use_lora=true does not work with strategy {strategy}: accelerate saves {strategy} models itself, "
+            "so the LoRA adapter checkpoint and its reference model (the UNet with the adapter off) are not "
+            "supported there; use strategy ddp (a LoRA adapter's gradients and optimizer state are small)"
+        )
+    if strategy == "fsdp":
+        if config.use_ema:
+            reasons.append(
+                "use_ema=true does not work with strategy fsdp: the moving average keeps full-size weights "
+                "while each process holds only a shard of them; use strategy ddp or deepspeed_zero2, or "
+                "use_ema=false"
+            )
+        if config.objective == "kto" and config.reference_point == "unpaired":
+            reasons.append(
+                "reference_point=unpaired does not work with strategy fsdp: its mismatched-prompt pass runs "
+                "the unwrapped, sharded UNet; use strategy ddp or deepspeed_zero2, or reference_point "
+                "batch_mean or class_mean"
+            )
+    return reasons
+
+
 def accelerate_config_file(strategy: str) -> Path:
     """The accelerate config shipped with the trainer for a strategy (ddp, fsdp, deepspeed_zero2)."""
     path = Path(__file__).parent / "accelerate_configs" / f"{strategy}.yaml"
@@ -172,6 +203,13 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
     from components.train.step import TrainResult, run
 
     plan = plan or LaunchPlan()
+    # Checked whatever the number of processes: the strategy is what the user asked for, and a one-GPU
+    # trial run that passes would otherwise hide a failure of the same settings on the real pod.
+    conflicts = strategy_conflicts(plan.strategy, config)
+    if conflicts:
+        raise LaunchError(
+            f"strategy {plan.strategy!r} cannot train this config:\n- " + "\n- ".join(conflicts)
+        )
     log.info(
         "training with %s: %d node(s) x %d GPU(s), strategy %s",
         plan.mode,
