@@ -181,6 +181,39 @@ def test_rbac_is_least_privilege(overlay: str) -> None:
     assert "get" in granted[("", "pods/log")]
     assert {"create", "get", "watch", "delete"} <= granted[("trainer.kubeflow.org", "trainjobs")]
     assert not any(verb in granted[("", "pods")] for verb in ("create", "delete"))
+    # KFP's driver and launcher fail a task on Forbidden when reading ConfigMap kfp-launcher
+    # (kubeflow/pipelines backend/src/v2/config/env.go tolerates only NotFound).
+    assert granted.get(("", "configmaps")) == {"get"}
+    assert names_granted(role, "", "configmaps") == {"kfp-launcher"}
+    assert names_granted(role, "", "secrets") == {"dkto-mlflow"}
+    for key, verbs in granted.items():
+        assert key in RUNNER_MAY and verbs <= RUNNER_MAY[key], (
+            f"{key}: {sorted(verbs)} is beyond the allow-list"
+        )
+
+
+# Everything the runner's Role may grant: k8s/README.md's table says why each is needed.
+RUNNER_MAY: dict[tuple[str, str], set[str]] = {
+    ("", "pods"): {"get", "list", "watch", "patch"},
+    ("", "pods/log"): {"get"},
+    ("", "events"): {"get", "list", "watch"},
+    ("", "configmaps"): {"get"},
+    ("", "secrets"): {"get"},
+    ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+    ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+    ("trainer.kubeflow.org", "trainjobs/status"): {"get"},
+    ("trainer.kubeflow.org", "trainingruntimes"): {"get"},
+}
+
+
+def names_granted(role: dict, group: str, resource: str) -> set[str]:
+    """The resourceNames a Role grants on one resource; every rule naming it must narrow by name."""
+    names: set[str] = set()
+    for rule in role["rules"]:
+        if group in rule["apiGroups"] and resource in rule["resources"]:
+            assert rule.get("resourceNames"), f"{resource} must be granted by resourceNames: {rule}"
+            names.update(rule["resourceNames"])
+    return names
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
