@@ -94,6 +94,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     final = storage.join(checkpoint_dir, name)
     if accelerator.is_main_process:
+        drop_abandoned_branch(checkpoint_dir, step)
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         (staging / MARKER).write_text(str(step))
         if remote:
@@ -109,6 +110,28 @@ def save_checkpoint(
         log.info("checkpoint written: %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def drop_abandoned_branch(checkpoint_dir: str, step: int) -> list[str]:
+    """Delete the complete checkpoints of steps after ``step``; returns their URIs.
+
+    A run that saves ``step`` while later checkpoints exist was rewound (``resume_from`` an older
+    checkpoint): those belong to the branch it abandoned. Left in place, keep-last-K pruning would delete
+    this run's own checkpoints in their favour, and ``resume_from=latest`` would jump back to them.
+    """
+    later = [uri for s, uri in list_checkpoints(checkpoint_dir) if s > step]
+    for uri in later:
+        storage.delete(uri)
+    if later:
+        log.warning(
+            "checkpoint_dir %s: deleted %d checkpoint(s) after step %d of an abandoned branch (the run was "
+            "resumed from an earlier one): %s",
+            checkpoint_dir,
+            len(later),
+            step,
+            ", ".join(later),
+        )
+    return later
 
 
 def prune(checkpoint_dir: str, keep_last: int) -> None:
@@ -163,6 +186,14 @@ def keep_only_trainable_weights(accelerator: Any, model: torch.nn.Module) -> Non
         index = next((i for i, m in enumerate(models) if is_ours(m)), None)
         if index is None:
             return
+        if len(weights) != len(models):
+            # accelerate 1.15 saves FSDP and DeepSpeed models itself and hands the hooks no weights, so the
+            # frozen base would be written anyway and load_state could not restore the adapter alone.
+            raise ValueError(
+                f"LoRA checkpoint at {output_dir}: accelerate ({accelerator.distributed_type}) saved the model "
+                f"itself ({len(weights)} weights for {len(models)} models); LoRA training supports the ddp "
+                "strategy (or one process) only"
+            )
         # accelerate writes weights[i] for models[i]; dropping ours keeps the frozen base out of the files.
         # (``models`` is the accelerator's own list here: it must stay as it is.)
         weights.pop(index)
