@@ -238,6 +238,16 @@ class PipelineParams(StepConfig):
     def _check(self) -> PipelineParams:
         if not self.feedback_sources:
             raise ConfigError("PipelineParams.feedback_sources: give at least one path, glob or gs:// prefix")
+        empty = [i for i, source in enumerate(self.feedback_sources) if not source.strip()]
+        if empty:
+            raise ConfigError(
+                f"PipelineParams.feedback_sources: entries {empty} are empty; give a path, glob or gs:// prefix"
+            )
+        if not self.model_name.strip():
+            raise ConfigError(
+                "PipelineParams.model_name: empty; give the registered model's name (e.g. diffusion-kto), "
+                "which the register and promote steps need after training"
+            )
         if self.gate_primary_metric not in self.scorers:
             raise ConfigError(
                 f"PipelineParams.gate_primary_metric: {self.gate_primary_metric!r} is not among the "
@@ -247,7 +257,9 @@ class PipelineParams(StepConfig):
             raise ConfigError(
                 "PipelineParams.num_nodes > 1 needs gpus_per_node >= 1 (multi-node is GPU-only)"
             )
-        if not (self.registry_uri.startswith("sqlite:///") or re.match(r"^https?://", self.registry_uri)):
+        if not (
+            self.registry_uri.startswith("sqlite:///") or re.match(r"^https?://[^/\s]+", self.registry_uri)
+        ):
             raise ConfigError(
                 f"PipelineParams.registry_uri: {self.registry_uri!r} must be sqlite:///path.db or http(s)://host"
             )
@@ -256,10 +268,23 @@ class PipelineParams(StepConfig):
 
     def _check_step_settings(self) -> None:
         """What would otherwise fail hours into a run, inside a task: checked when the file is loaded."""
+        from components.evaluate.scorers.base import SCORERS
         from components.evaluate.step import EvaluateConfig
         from components.ingest.step import IngestConfig
         from components.train.step import TrainConfig
 
+        # EvaluateConfig refuses these too, but only inside the evaluate task, after training has run.
+        unknown = [name for name in self.scorers if name not in SCORERS]
+        if unknown:
+            raise ConfigError(
+                f"PipelineParams.scorers: {unknown} are not scorers; valid names: {', '.join(sorted(SCORERS))}"
+            )
+        unknown = sorted(set(self.scorer_models) - set(self.scorers))
+        if unknown:
+            raise ConfigError(
+                f"PipelineParams.scorer_models: {unknown} are not among the scorers {self.scorers}; "
+                "give a model only for a scorer the run uses"
+            )
         formats = IngestConfig.model_fields["source_format"].annotation.__args__  # type: ignore[union-attr]
         if self.source_format not in formats:
             raise ConfigError(

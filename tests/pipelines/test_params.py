@@ -45,11 +45,20 @@ def test_load_from_yaml_with_overrides(tmp_path: Path) -> None:
         ("train_options={beta: 1.0}", "set by the pipeline"),
         ("eval_options={sead: 7}", "sead"),
         ("gate_max_regression={aesthetic: 0.1}", "never computed"),
+        # refused by EvaluateConfig only inside the evaluate task, after training (review)
+        ("scorers=[nosuchscorer]", r"scorers: \['nosuchscorer'\] are not scorers; valid names: aesthetic"),
+        ("scorer_models={hps: /models/hps}", r"scorer_models: \['hps'\] are not among the scorers"),
+        ("model_name=", "model_name: empty"),
+        ("model_name=' '", "model_name: empty"),
+        ("feedback_sources=['']", r"feedback_sources: entries \[0\] are empty"),
+        ("registry_uri=http://", "must be sqlite:///path.db or http"),
     ],
 )
 def test_invalid_params_name_the_field(override: str, message: str) -> None:
     base = ["feedback_sources=[a.jsonl]", "base_model=m"]
     extra = ["gpus_per_node=0"] if override.startswith("num_nodes") else []
+    if override.startswith("scorers="):
+        extra.append("gate_primary_metric=nosuchscorer")
     with pytest.raises(ConfigError, match=message):
         load_params(None, [*base, *extra, override])
 
