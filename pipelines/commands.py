@@ -234,7 +234,9 @@ def register(app: typer.Typer) -> None:
     @app.command("schedule")
     def schedule_command(
         cron: str = typer.Option(
-            ..., "--cron", help='KFP cron with seconds first, e.g. "0 0 3 * * *" (daily at 03:00).'
+            ...,
+            "--cron",
+            help='KFP cron with seconds first, e.g. "0 0 3 * * *" (daily at 03:00), or @daily, @every 24h.',
         ),
         host: str = typer.Option(..., "--host", help="KFP API endpoint."),
         config: str | None = typer.Option(None, "--config", help="PipelineParams YAML (local or gs://)."),

@@ -431,20 +431,74 @@ def load_params(config: str | None, overrides: list[str] | tuple[str, ...] = ())
 
 
 CRON_FIELDS = 6
+# KFP's ScheduledWorkflow controller parses crons with robfig/cron v1's ``cron.Parse``: six fields, seconds
+# first; `*` or `?` for any; ranges `a-b`; steps `*/n`, `a-b/n`, `a/n`; lists `a,b`; month and weekday names;
+# and the descriptors below. It has no `L`, `W` or `#` (robfig/cron v1 parser.go).
+CRON_RANGES: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("seconds", 0, 59, {}),
+    ("minutes", 0, 59, {}),
+    ("hours", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())},
+    ),
+    ("day-of-week", 0, 6, {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}),
+)
+CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# A Go time.ParseDuration string, as `@every` takes: one or more <number><unit>, e.g. 24h, 1h30m, 90s.
+GO_DURATION = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
 
 
 def validate_cron(expression: str) -> str:
-    """Check a KFP cron expression: 6 fields (seconds minutes hours day-of-month month day-of-week)."""
-    fields = expression.split()
+    """Check a KFP cron expression as KFP's parser would read it: six fields (seconds minutes hours
+    day-of-month month day-of-week), or a descriptor such as ``@daily`` or ``@every 24h``."""
+    stripped = expression.strip()
+    if stripped.startswith("@"):
+        if stripped in CRON_DESCRIPTORS:
+            return expression
+        every = stripped.removeprefix("@every").strip()
+        if stripped.startswith("@every ") and GO_DURATION.match(every) and re.search(r"[1-9]", every):
+            return expression
+        raise ConfigError(
+            f"cron {expression!r}: not a descriptor KFP knows; use one of {', '.join(CRON_DESCRIPTORS)} "
+            "or '@every <duration>' (e.g. @every 24h, @every 1h30m)"
+        )
+    fields = stripped.split()
     if len(fields) != CRON_FIELDS:
         raise ConfigError(
             f"cron {expression!r} has {len(fields)} fields; KFP needs 6 with seconds first, "
             'for example "0 0 3 * * *" (every day at 03:00)'
         )
-    allowed = re.compile(r"^[\d*/,\-?A-Za-z#L]+$")
-    for name, value in zip(
-        ("seconds", "minutes", "hours", "day-of-month", "month", "day-of-week"), fields, strict=True
-    ):
-        if not allowed.match(value):
-            raise ConfigError(f"cron {expression!r}: the {name} field {value!r} is not a cron value")
+    for value, (name, low, high, names) in zip(fields, CRON_RANGES, strict=True):
+        for part in value.split(","):
+            problem = _cron_part_problem(part, low, high, names)
+            if problem:
+                raise ConfigError(
+                    f"cron {expression!r}: the {name} field {value!r} is not valid ({problem}); it takes "
+                    f"*, ?, {low}-{high}{', names' if names else ''}, ranges a-b, steps */n or a-b/n, lists a,b"
+                )
     return expression
+
+
+def _cron_part_problem(part: str, low: int, high: int, names: dict[str, int]) -> str | None:
+    """Why one comma-separated part of a cron field is invalid, or None when robfig/cron accepts it."""
+    range_part, slash, step = part.partition("/")
+    if slash and (not step.isdigit() or int(step) == 0):
+        return f"step {step!r} must be a positive whole number"
+    if range_part in ("*", "?"):
+        return None
+    start_text, dash, end_text = range_part.partition("-")
+    bounds = []
+    for text in (start_text, end_text) if dash else (start_text,):
+        number = names.get(text.upper()) if not text.isdigit() else int(text)
+        if number is None:
+            return f"{text!r} is not a number{' or a name' if names else ''}"
+        if not low <= number <= high:
+            return f"{text} is outside {low}-{high}"
+        bounds.append(number)
+    if len(bounds) == 2 and bounds[0] > bounds[1]:
+        return f"range {range_part!r} starts after it ends"
+    return None

@@ -74,14 +74,52 @@ def test_localize_makes_local_roots_and_sqlite_absolute(
     assert local.registry_uri == f"sqlite:///{tmp_path}/outputs/registry/mlflow.db"
 
 
-@pytest.mark.parametrize("cron", ["0 0 3 * * *", "0 */30 * * * *", "0 0 3 * * MON-FRI"])
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 0 3 * * *",
+        "0 */30 * * * *",
+        "0 0 3 * * MON-FRI",
+        # what robfig/cron v1's cron.Parse (KFP's ScheduledWorkflow) also accepts
+        "@daily",
+        "@midnight",
+        "@every 24h",
+        "@every 1h30m",
+        "0 0 3 ? * sun",
+        "0 0 3 1,15 JAN-jun/2 *",
+        "30 5/10 0-23/6 31 12 0,6",
+    ],
+)
 def test_valid_cron(cron: str) -> None:
     assert validate_cron(cron) == cron
 
 
-@pytest.mark.parametrize("cron", ["0 3 * * *", "0 0 3 * * * *", "0 0 3 * * ;rm"])
-def test_invalid_cron(cron: str) -> None:
-    with pytest.raises(ConfigError, match="cron"):
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("0 3 * * *", "has 5 fields; KFP needs 6"),
+        ("0 0 3 * * * *", "has 7 fields"),
+        ("0 0 3 * * ;rm", "day-of-week field ';rm'"),
+        ("0 99 3 * * *", "minutes field '99' is not valid \\(99 is outside 0-59\\)"),
+        ("0 0 24 * * *", "hours field '24'.*outside 0-23"),
+        ("0 0 3 0 * *", "day-of-month field '0'.*outside 1-31"),
+        ("0 0 3 * 13 *", "month field '13'"),
+        ("0 0 3 * * 7", "day-of-week field '7'.*outside 0-6"),
+        ("0 0 3 L * *", "day-of-month field 'L'"),
+        ("0 0 3 * * MON#2", "day-of-week field 'MON#2'"),
+        ("x y z a b c", "seconds field 'x'"),
+        ("0 0 3 * FOO *", "month field 'FOO'"),
+        ("0 0 3 * * FRI-MON", "starts after it ends"),
+        ("0 */0 3 * * *", "step '0' must be a positive"),
+        ("0 0 3 1,,2 * *", "day-of-month field '1,,2'"),
+        ("@dialy", "not a descriptor KFP knows"),
+        ("@every", "not a descriptor"),
+        ("@every 24", "not a descriptor"),
+        ("@every 0s", "not a descriptor"),
+    ],
+)
+def test_invalid_cron(cron: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         validate_cron(cron)
 
 
