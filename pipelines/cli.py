@@ -48,8 +48,18 @@ _register_all()
 
 
 def main() -> None:
-    """Entry point of the ``dkto`` console script."""
-    app()
+    """Entry point of the ``dkto`` console script.
+
+    A ConfigError is the user's input, and its message names the field and the fix: print that one line
+    (exit code 2, as click's usage errors) rather than a traceback through typer and pydantic.
+    """
+    from components.shared.config import ConfigError
+
+    try:
+        app()
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -220,10 +220,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Submit one run of the pipeline to a Kubeflow Pipelines cluster."""
         params = load_params(config, overrides)
+        # Checked before the client exists: kfp.Client contacts the host (healthz) as it is made.
+        arguments = cluster_arguments(params, pushgateway)
+        package = _compiled_package(cluster)
         client = _client(host, namespace)
         result = client.create_run_from_pipeline_package(
-            _compiled_package(cluster),
-            arguments=cluster_arguments(params, pushgateway),
+            package,
+            arguments=arguments,
             run_name=run_name or f"diffusion-kto-retrain-{dt.datetime.now():%Y%m%d-%H%M%S}",
             experiment_name=experiment,
             namespace=namespace,

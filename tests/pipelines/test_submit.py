@@ -7,6 +7,10 @@ No Kubeflow Pipelines server can run here, so the commands talk to a stand-in th
 
 from __future__ import annotations
 
+import http.server
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +174,94 @@ def test_a_failing_replacement_leaves_the_old_schedule(client: RecordingClient, 
     failed = CliRunner().invoke(app, [*args, "--replace", "--cluster", str(bad_cluster)])
     assert failed.exit_code != 0
     assert client.recurring == {"job-1": "diffusion-kto-retrain-nightly"} and client.deleted == []
+
+
+@pytest.fixture
+def kfp_host() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server in place of the KFP API: it answers healthz and records every request path."""
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"multi_user": false}')
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Run the `dkto` console script's entry point with these arguments; its exit code."""
+    from pipelines.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["dkto", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0)
+
+
+def test_submit_checks_the_parameters_before_contacting_the_cluster(
+    kfp_host: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parameter file a cluster cannot run is refused with one line, and the KFP host hears nothing."""
+    host, requests = kfp_host
+    code = _main(
+        monkeypatch,
+        "submit",
+        "--host",
+        host,
+        "--set",
+        "feedback_sources=[gs://b/feedback/]",
+        "--set",
+        "base_model=gs://b/models/base",
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: a cluster run needs storage every pod can reach"), err
+    assert "registry_uri" in err and "Traceback" not in err
+    assert requests == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compile", "--cluster", "{tmp}/cluster.yaml", "--out", "{tmp}/pipeline.yaml"],
+        [
+            "run",
+            "--local",
+            "--set",
+            "feedback_sources=[a.jsonl]",
+            "--set",
+            "base_model=m",
+            "--set",
+            "bogus=1",
+        ],
+        ["schedule", "--cron", "0 3 * * *", "--host", "http://127.0.0.1:9", "--set", "base_model=m"],
+    ],
+    ids=["bad-cluster-file", "unknown-field", "five-field-cron"],
+)
+def test_a_config_error_is_one_line_on_stderr_with_exit_code_2(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The message names the field and the fix; a 40-line traceback through typer and pydantic hides it."""
+    (tmp_path / "cluster.yaml").write_text("train_retries: -1\n")
+    code = _main(monkeypatch, *(arg.format(tmp=tmp_path) for arg in args))
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) <= 3, captured.err
