@@ -38,6 +38,9 @@ def format_versions_table(versions: list, primary_metric: str | None = None) -> 
         notes = []
         if tags.get("replaced_by_version"):
             notes.append(f"replaced by v{tags['replaced_by_version']} ({tags.get('replaced_by', 'promote')})")
+        if tags.get("rolled_back") == "true":
+            reason = tags.get("rolled_back.reason")
+            notes.append("rolled back" + (f": {reason}" if reason else ""))
         if tags.get("rollback.from_version"):
             notes.append(f"restored from v{tags['rollback.from_version']}")
         if tags.get("promotion") == "conflict":

@@ -44,6 +44,8 @@ from components.shared.telemetry import StepTelemetry, get_logger
 log = get_logger("promote")
 
 REPLACES = "promotion.replaces_version"
+ROLLED_BACK = "rolled_back"
+ANONYMOUS_RUN = "local"
 METRIC_FIELDS = (
     "candidate_mean",
     "baseline_mean",
@@ -200,22 +202,51 @@ def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) ->
     )
 
 
-def repair_previous_production(registry: Registry, name: str) -> str | None:
-    """Make ``previous-production`` agree with production's ``promotion.replaces_version`` (crash repair).
+def is_rolled_back(version: ModelVersion) -> bool:
+    """True when a rollback took ``version`` out of production (a default rollback never returns to it)."""
+    return version.tags.get(ROLLED_BACK) == "true"
 
-    Called under the lock; returns the previous-production version after repair.
+
+def fallback_of(registry: Registry, name: str, replaces: str | None, exclude: set[str]) -> str | None:
+    """The version a default rollback goes to: the first one along the ``promotion.replaces_version`` chain
+    from ``replaces`` that was not rolled back and is not in ``exclude`` (None when the chain ends first).
+
+    Versions promoted again by ``version=`` can make the chain loop; each version is visited once.
+    """
+    seen = set(exclude)
+    while replaces not in (None, "none") and replaces not in seen:
+        seen.add(replaces)
+        version = registry.get_version(name, replaces)
+        if not is_rolled_back(version):
+            return version.version
+        replaces = version.tags.get(REPLACES)
+    return None
+
+
+def repair_previous_production(registry: Registry, name: str) -> str | None:
+    """Make the derived state agree with production (crash repair); called under the lock.
+
+    ``previous-production`` becomes the first version along production's ``promotion.replaces_version``
+    chain that was not rolled back. A production version tagged rolled back belongs to a rollback that
+    stopped before its commit write, so production never moved and the tag is cleared. Returns the
+    previous-production version after repair.
     """
     aliases = registry.aliases(name)
     prod = aliases.get(PRODUCTION)
     if prod is None:
         return aliases.get(PREVIOUS_PRODUCTION)
-    replaces = registry.get_version(name, prod).tags.get(REPLACES)
+    production = registry.get_version(name, prod)
+    if is_rolled_back(production):
+        log.warning("repairing %s: version %s is production but was tagged rolled back", name, prod)
+        registry.set_tags(name, prod, {ROLLED_BACK: "false"})
+    replaces = production.tags.get(REPLACES)
     if replaces is None:
         return aliases.get(PREVIOUS_PRODUCTION)
-    want = None if replaces == "none" else replaces
+    want = fallback_of(registry, name, replaces, {prod})
     if aliases.get(PREVIOUS_PRODUCTION) != want:
         log.warning(
-            "repairing %s: previous-production %s -> %s (an earlier promotion stopped after its commit)",
+            "repairing %s: previous-production %s -> %s (an earlier promotion or rollback stopped after "
+            "its commit)",
             name,
             aliases.get(PREVIOUS_PRODUCTION),
             want,
@@ -236,25 +267,31 @@ def move_production(
     run_id: str,
     action: str,
     extra_tags: dict[str, str] | None = None,
+    *,
+    previous: str | None,
 ) -> None:
-    """Under the lock: intent tag, the one commit write (``production``), then the derived state."""
+    """Under the lock: intent tags, the one commit write (``production``), then the derived state.
+
+    ``extra_tags`` carry the intent (a promotion's ``promotion.replaces_version``); ``previous`` is what
+    ``previous-production`` points at afterwards.
+    """
     when = _now()
-    registry.set_tags(
-        name,
-        new_version,
-        {
-            REPLACES: current or "none",
-            "promotion.requested_at": when,
-            "promotion.requested_by_run": run_id,
-            **(extra_tags or {}),
-        },
-    )
+    intent = {
+        "promotion.requested_at": when,
+        "promotion.requested_by_run": run_id,
+        **(extra_tags or {}),
+    }
+    if is_rolled_back(registry.get_version(name, new_version)):
+        # Put back into production on purpose (an explicit rollback or a new passing gate).
+        intent[ROLLED_BACK] = "false"
+    registry.set_tags(name, new_version, intent)
     lease.check()
     registry.set_alias(name, PRODUCTION, new_version)  # the commit point
-    if current is None:
+    if previous is None:
         registry.delete_alias(name, PREVIOUS_PRODUCTION)
     else:
-        registry.set_alias(name, PREVIOUS_PRODUCTION, current)
+        registry.set_alias(name, PREVIOUS_PRODUCTION, previous)
+    if current is not None:
         registry.set_tags(
             name,
             current,
@@ -342,7 +379,17 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
             registry.set_tags(name, version, {"promotion": "conflict", "promotion.conflict": message})
             log.warning("%s", message)
             return outcome("conflict", current, current, message, previous)
-        move_production(registry, lease, name, version, current, run_id, "promote", {"promotion": "promoted"})
+        move_production(
+            registry,
+            lease,
+            name,
+            version,
+            current,
+            run_id,
+            "promote",
+            {REPLACES: current or "none", "promotion": "promoted"},
+            previous=current,
+        )
     telemetry.counter("promotions_total", "Versions moved to production").inc()
     message = f"production {current or 'nothing'} -> {version}; previous-production = {current or 'none'}"
     log.info("%s: %s", name, message)
@@ -350,39 +397,86 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
 
 
 def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackResult:
-    """Move production back (to ``to_version`` or the version production replaced) and record it."""
+    """Move production back (to ``to_version`` or ``previous-production``) and record it.
+
+    The version taken out is tagged ``rolled_back=true`` so no default rollback returns to it; the target
+    keeps the ``promotion.replaces_version`` it was promoted with, so rolling back again walks further
+    back (v3 -> v2 -> v1) instead of toggling between the last two. A rollback that already happened
+    (production is ``to_version``, or the same named pipeline run rolled back to production) changes nothing.
+    """
     registry = _open(config)
     name = config.model_name
     run_id = config.run_id()
     with registry.lock(name, owner=run_id, timeout_s=config.lock_timeout_s, ttl_s=config.lock_ttl_s) as lease:
         previous = repair_previous_production(registry, name)
         current = registry.aliases(name).get(PRODUCTION)
+        if current is not None and config.to_version is None and run_id != ANONYMOUS_RUN:
+            tags = registry.get_version(name, current).tags
+            if tags.get("promotion.promoted_by") == "rollback" and tags.get("rollback.by_run") == run_id:
+                # A retried step (its first reply lost): this run already made this version production.
+                return _rollback_done(
+                    name, current, previous, f"run {run_id} already rolled back to {current}"
+                )
         target = config.to_version or previous
         if target is None:
             raise RegistryError(
                 f"model {name!r}: nothing to roll back to (production is {current or 'unset'} and there is "
-                "no previous-production); pass --to VERSION"
+                "no previous-production that was not rolled back); pass --to VERSION"
             )
-        target = registry.get_version(name, target).version
+        chosen = registry.get_version(name, target)
+        target = chosen.version
         if target == current:
-            raise RegistryError(f"model {name!r}: version {target} is already production")
+            return _rollback_done(name, current, previous, f"version {target} is already production")
+        when = _now()
         tags = {
             "rollback.reason": config.reason or "",
             "rollback.by_run": run_id,
             "rollback.from_version": str(current),
+            "rollback.at": when,
         }
-        move_production(registry, lease, name, target, current, run_id, "rollback", tags)
+        if REPLACES not in chosen.tags:
+            # Never in production before: falling back from it goes where falling back from current would.
+            tags[REPLACES] = previous if previous not in (None, target) else "none"
+        if current is not None:
+            # Intent, before the commit write: a crash before it is undone by repair_previous_production.
+            registry.set_tags(
+                name,
+                current,
+                {
+                    ROLLED_BACK: "true",
+                    "rolled_back.at": when,
+                    "rolled_back.reason": config.reason or "",
+                    "rolled_back.by_run": run_id,
+                },
+            )
+        after = fallback_of(registry, name, tags.get(REPLACES, chosen.tags.get(REPLACES)), {target})
+        move_production(registry, lease, name, target, current, run_id, "rollback", tags, previous=after)
     telemetry.counter("rollbacks_total", "Production rolled back").inc()
     message = (
-        f"production {current or 'nothing'} -> {target} (rollback); previous-production = {current or 'none'}"
+        f"production {current or 'nothing'} -> {target} (rollback); previous-production = {after or 'none'}"
+        + (f"; version {current} tagged rolled_back=true" if current else "")
     )
     log.info("%s: %s", name, message)
     return RollbackResult(
         model_name=name,
         production_before=current,
         production_after=target,
-        previous_production=current,
+        previous_production=after,
+        rolled_back_version=current,
         message=message,
+    )
+
+
+def _rollback_done(name: str, current: str, previous: str | None, why: str) -> RollbackResult:
+    message = f"{why}; nothing changed (production = {current}, previous-production = {previous or 'none'})"
+    log.info("%s: %s", name, message)
+    return RollbackResult(
+        model_name=name,
+        production_before=current,
+        production_after=current,
+        previous_production=previous,
+        message=message,
+        changed=False,
     )
 
 

@@ -9,7 +9,8 @@ Three entry points, each a plain function over a typed config:
 - ``promote(PromoteConfig)`` registers (unless a version is given), then moves ``production`` with a
   compare-and-set: only if ``production`` still points at the version the gate compared against
   (``decision.json``'s ``baseline_version``). ``run`` is the same function, for the KFP component.
-- ``rollback(RollbackConfig)`` moves ``production`` back to ``previous-production`` (or a chosen version).
+- ``rollback(RollbackConfig)`` moves ``production`` back to ``previous-production`` (or a chosen version) and
+  tags the version it took out ``rolled_back=true``, so a second rollback goes further back, never to it.
 
 ``resolve_production`` tells the evaluate step what to compare against.
 """
@@ -151,7 +152,12 @@ class PromoteConfig(RegisterConfig):
 
 
 class RollbackConfig(RegistryConfig):
-    """Move ``production`` back to ``previous-production`` or to a chosen version."""
+    """Move ``production`` back to ``previous-production`` or to a chosen version.
+
+    The version taken out is tagged ``rolled_back=true``; a default rollback never goes back to it, so
+    rolling back twice goes two versions back. Retrying a rollback that succeeded changes nothing when it
+    names ``to_version`` or carries the same ``pipeline_run_id`` (not the default 'local').
+    """
 
     to_version: str | None = Field(
         None, description="The version to make production again. Default: the 'previous-production' alias."
@@ -206,7 +212,17 @@ class RollbackResult(BaseModel):
     production_before: str | None
     production_after: str
     previous_production: str | None
+    rolled_back_version: str | None = Field(
+        default=None,
+        description="The version taken out of production and tagged rolled_back=true (never chosen "
+        "again by a default rollback).",
+    )
     message: str = ""
+    changed: bool = Field(
+        default=True,
+        description="False when the rollback had already happened (production already at the target, or "
+        "a retry of the same pipeline run) and nothing was changed.",
+    )
 
 
 def load_decision(uri: str) -> dict[str, Any]:

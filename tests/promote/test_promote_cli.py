@@ -56,7 +56,9 @@ def test_promote_rollback_and_models_commands(
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {"1", "2", "3", "4"}
     assert "production" in rows["1"] and "restored from v2" in rows["1"]
-    assert "previous-production" in rows["2"] and "replaced by v1 (rollback)" in rows["2"]
+    # Version 1 replaced nothing, so after rolling back to it there is no previous-production.
+    assert "previous-production" not in table.output
+    assert "replaced by v1 (rollback)" in rows["2"] and "rolled back: regression" in rows["2"]
     assert "rejected" in rows["3"] and "no gain" in rows["3"]
     assert "candidate" in rows["4"] and "promotion conflict" in rows["4"]
     assert "0.64" in rows["1"]  # the gate's win rate

@@ -116,19 +116,111 @@ def test_promotion_moves_aliases_and_rollback_restores(
     assert version == v2 and storage.read_json(storage.join(uri, "model_index.json"))["seed"] == 2
 
     back = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, reason="bad images"))
-    assert (back.production_before, back.production_after) == (v2, v1)
+    assert (back.production_before, back.production_after, back.rolled_back_version) == (v2, v1, v2)
     aliases = registry.aliases(model_name)
-    assert aliases[PRODUCTION] == v1 and aliases[PREVIOUS_PRODUCTION] == v2
+    # v1 replaced nothing, and v2 was rolled back: there is nothing further to fall back to.
+    assert aliases[PRODUCTION] == v1 and PREVIOUS_PRODUCTION not in aliases
     restored = registry.get_version(model_name, v1).tags
     assert restored["rollback.reason"] == "bad images" and restored["rollback.from_version"] == v2
+    assert restored["promotion.replaces_version"] == "none"
+    removed = registry.get_version(model_name, v2).tags
+    assert removed["rolled_back"] == "true" and removed["rolled_back.reason"] == "bad images"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name))
 
-    # Rolling forward again to an explicit version works the same way.
+    # Rolling forward to an explicit version puts it back, and clears its rolled-back mark.
     again = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
-    assert again.production_after == v2
-    with pytest.raises(RegistryError, match="already production"):
-        rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
+    assert again.production_after == v2 and again.changed
+    assert registry.get_version(model_name, v2).tags["rolled_back"] == "false"
+    assert registry.get_version(model_name, v2).tags["promotion.replaces_version"] == v1
+    # v1 was just taken out by that rollback, so a default rollback from v2 has nowhere to go.
+    assert PREVIOUS_PRODUCTION not in registry.aliases(model_name)
+    # The same explicit rollback retried (its reply lost) changes nothing.
+    same = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
+    assert (same.changed, same.production_after) == (False, v2) and "already production" in same.message
     with pytest.raises(RegistryError, match="no version '99'"):
         rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version="99"))
+
+
+def test_rolling_back_twice_walks_back_and_never_returns_to_a_rolled_back_version(
+    registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """v1 -> v2 -> v3; v3 is bad: back to v2; v2 is bad too: back to v1 (not to v3 again)."""
+    production = None
+    versions = []
+    for seed in (1, 2, 3):
+        result = promote(
+            PromoteConfig(
+                registry_uri=registry_uri,
+                model_name=model_name,
+                candidate_model=str(make_model(tmp_path / f"m{seed}", seed=seed)),
+                decision=make_decision(tmp_path / f"d{seed}.json", passed=True, baseline_version=production),
+                pipeline_run_id=f"run-{seed}",
+            )
+        )
+        assert result.promoted
+        production = result.version
+        versions.append(production)
+    v1, v2, v3 = versions
+    registry = open_registry(registry_uri)
+    cfg = {"registry_uri": registry_uri, "model_name": model_name}
+
+    first = rollback(RollbackConfig(**cfg, reason="v3 bad", pipeline_run_id="rb-1"))
+    assert (first.production_before, first.production_after, first.previous_production) == (v3, v2, v1)
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1
+    # A pipeline step retried after its first attempt succeeded (same run id) is a no-op.
+    retried = rollback(RollbackConfig(**cfg, reason="v3 bad", pipeline_run_id="rb-1"))
+    assert (retried.changed, retried.production_after) == (False, v2)
+    assert registry.aliases(model_name)[PRODUCTION] == v2
+
+    second = rollback(RollbackConfig(**cfg, reason="v2 bad too"))
+    assert (second.production_before, second.production_after) == (v2, v1)
+    aliases = registry.aliases(model_name)
+    assert aliases[PRODUCTION] == v1 and PREVIOUS_PRODUCTION not in aliases
+    assert registry.get_version(model_name, v3).tags["rolled_back"] == "true"
+    assert registry.get_version(model_name, v2).tags["rolled_back"] == "true"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        rollback(RollbackConfig(**cfg))
+
+    # A new promotion on top of v1, then a rollback of it, goes back to v1 and never to v2 or v3.
+    v4 = promote(
+        PromoteConfig(
+            **cfg,
+            candidate_model=str(make_model(tmp_path / "m4", seed=4)),
+            decision=make_decision(tmp_path / "d4.json", passed=True, baseline_version=v1),
+            pipeline_run_id="run-4",
+        )
+    ).version
+    assert rollback(RollbackConfig(**cfg)).production_after == v1
+    assert registry.get_version(model_name, v4).tags["rolled_back"] == "true"
+
+
+def test_rollback_that_stopped_before_its_commit_is_repaired(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """A rollback that tagged production rolled back and died before moving it: production did not move,
+    so the next locked operation clears the mark and a rollback still goes to the previous version."""
+    uri = embedded_registry_uri
+    cfg = {"registry_uri": uri, "model_name": model_name}
+    v1 = promote(
+        PromoteConfig(
+            **cfg,
+            candidate_model=str(make_model(tmp_path / "m1", seed=1)),
+            decision=make_decision(tmp_path / "d1.json", passed=True, baseline_version=None),
+        )
+    ).version
+    v2 = promote(
+        PromoteConfig(
+            **cfg,
+            candidate_model=str(make_model(tmp_path / "m2", seed=2)),
+            decision=make_decision(tmp_path / "d2.json", passed=True, baseline_version=v1),
+        )
+    ).version
+    registry = open_registry(uri)
+    registry.set_tags(model_name, v2, {"rolled_back": "true"})  # the intent write, then nothing more
+    back = rollback(RollbackConfig(**cfg))
+    assert (back.production_before, back.production_after) == (v2, v1)
+    assert registry.get_version(model_name, v2).tags["rolled_back"] == "true"
 
 
 def test_rejected_candidate_stays_registered_with_reasons(
@@ -240,4 +332,5 @@ def test_crash_after_the_commit_write_is_repaired(
     assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1  # stale: should be v2
     back = rollback(RollbackConfig(registry_uri=uri, model_name=model_name))
     assert (back.production_before, back.production_after) == (v3, v2)
-    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v3
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1
+    assert registry.get_version(model_name, v3).tags["rolled_back"] == "true"
