@@ -227,11 +227,11 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
         if plan.mode == "accelerate":
             command = accelerate_command(plan.strategy, plan.gpus_per_node, config_uri, result_uri)
             log.info("running %s", shlex.join(command))
-            completed = subprocess.run(command, check=False, env=launch_environment(plan))
-            if completed.returncode != 0:
+            returncode = run_forwarding_sigterm(command, env=launch_environment(plan))
+            if returncode != 0:
                 raise LaunchError(
                     f"accelerate launch across {plan.gpus_per_node} GPUs exited with code "
-                    f"{completed.returncode}; see the log above"
+                    f"{returncode}; see the log above"
                 )
         else:
             if not storage.is_gcs(config.output_dir):
@@ -251,6 +251,38 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
             "is resumed on retry"
         )
     return result
+
+
+def run_forwarding_sigterm(command: list[str], *, env: dict[str, str] | None = None) -> int:
+    """Run ``command`` to completion and return its exit code, passing a SIGTERM of this process on to it.
+
+    Kubernetes preempts a pod with a SIGTERM that may reach only this process; forwarded, ``accelerate
+    launch`` (torchrun) passes it to the workers, which checkpoint and stop (checkpoint.py's
+    PreemptionFlag). A child that leads its own process group gets it group-wide. The previous handler is
+    back once the child has exited. Off the main thread (where Python cannot install handlers) the
+    command runs without forwarding.
+    """
+    import contextlib
+    import signal
+    import threading
+
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: Any) -> None:
+        log.warning("received signal %d: forwarding it to the training launcher (pid %d)", signum, child.pid)
+        with contextlib.suppress(ProcessLookupError):  # the child has exited already
+            if os.getpgid(child.pid) == child.pid:
+                os.killpg(child.pid, signum)
+            else:
+                os.kill(child.pid, signum)
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if on_main_thread else None
+    try:
+        return child.wait()
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _job_name(config: TrainConfig) -> str:
