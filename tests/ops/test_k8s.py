@@ -312,9 +312,31 @@ def test_monitors_select_what_exists(overlay: str) -> None:
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_prod_checkpoints_are_shared_by_every_training_node() -> None:
-    """Multi-node training in prod writes checkpoints from several nodes: the volume is ReadWriteMany."""
-    prod = {p["metadata"]["name"]: p for p in by_kind(build("prod"), "PersistentVolumeClaim")}
-    assert prod["dkto-checkpoints"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    dev = {p["metadata"]["name"]: p for p in by_kind(build("dev"), "PersistentVolumeClaim")}
-    assert dev["dkto-checkpoints"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_volume_is_provisioned_that_nothing_writes(overlay: str) -> None:
+    """Checkpoints live on gs:// (a cluster run refuses any other checkpoint_root), so no checkpoint
+    volume is provisioned (prod asked for a 1 TiB Filestore disk that no code wrote to), and every PVC
+    the overlay creates is mounted by a pod it defines."""
+    objects = build(overlay)
+    claimed = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for obj in objects
+        for volume in pod_spec(obj).get("volumes", [])
+        if "persistentVolumeClaim" in volume
+    }
+    claims = {pvc["metadata"]["name"] for pvc in by_kind(objects, "PersistentVolumeClaim")}
+    assert claims == {"dkto-pushgateway-data"}
+    assert claims <= claimed, f"PVCs no pod mounts: {sorted(claims - claimed)}"
+    (runtime,) = by_kind(objects, "TrainingRuntime")
+    mounts = [m["mountPath"] for c in pod_spec(runtime)["containers"] for m in c.get("volumeMounts", [])]
+    assert mounts == ["/dev/shm"], f"TrainJob workers mount {mounts}; only NCCL's /dev/shm is used"
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Deployment or of the TrainingRuntime's worker template ({} for other kinds)."""
+    if obj["kind"] == "Deployment":
+        return obj["spec"]["template"]["spec"]
+    if obj["kind"] == "TrainingRuntime":
+        (job,) = obj["spec"]["template"]["spec"]["replicatedJobs"]
+        return job["template"]["spec"]["template"]["spec"]
+    return {}
