@@ -314,6 +314,7 @@ class PipelineParams(StepConfig):
                 "run's paths and id); use the parameter of that name. (desirable_ratio: null, uniform "
                 "sampling with the label step's class weights, is the one exception.)"
             )
+        self._check_strategy(TrainConfig)
         unknown = sorted(set(self.eval_options) - set(EvaluateConfig.model_fields))
         if unknown:
             raise ConfigError(f"PipelineParams.eval_options: {unknown} are not EvaluateConfig fields")
@@ -334,6 +335,44 @@ class PipelineParams(StepConfig):
                     f"PipelineParams.{name}: {missing} are not among the scorers {self.scorers}; the gate "
                     "would fail every run on a metric that is never computed"
                 )
+
+    def _check_strategy(self, train_config_class: Any) -> None:
+        """Refuse train settings the distributed strategy cannot run; the launcher would refuse them too,
+        but only in the training task, and it checks whatever the number of GPUs (launcher.launch)."""
+        from components.train.launcher import strategy_conflicts
+        from components.train.step import resolve_learning_rate
+
+        # The settings the train component builds (components/train/component.py), with placeholder paths:
+        # strategy_conflicts reads only the training settings.
+        settings = {
+            "pretrained_model": self.base_model,
+            "train_data": "train.parquet",
+            "output_dir": "model",
+            "objective": self.objective,
+            "beta": self.beta,
+            "desirable_ratio": self.desirable_ratio,
+            "learning_rate": resolve_learning_rate(self.learning_rate, self.use_lora),
+            "max_steps": self.max_steps,
+            "train_batch_size": self.train_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "mixed_precision": self.mixed_precision,
+            "resolution": self.resolution,
+            "use_lora": self.use_lora,
+            "seed": self.seed,
+            **self.train_options,
+        }
+        try:
+            train_config = train_config_class.from_dict(settings)
+        except ConfigError as err:
+            raise ConfigError(
+                f"PipelineParams.train_options: the training settings are refused: {err}"
+            ) from None
+        conflicts = strategy_conflicts(self.distributed_strategy, train_config)
+        if conflicts:
+            raise ConfigError(
+                f"PipelineParams.distributed_strategy: {self.distributed_strategy!r} cannot train these "
+                "settings: " + "; ".join(conflicts)
+            )
 
     def check_for_cluster(self) -> None:
         """Refuse paths a cluster's pods cannot share: every task runs in its own pod, so a local path

@@ -52,6 +52,16 @@ def test_load_from_yaml_with_overrides(tmp_path: Path) -> None:
         ("model_name=' '", "model_name: empty"),
         ("feedback_sources=['']", r"feedback_sources: entries \[0\] are empty"),
         ("registry_uri=http://", "must be sqlite:///path.db or http"),
+        # the launcher refuses these only inside the training task (components.train.launcher)
+        (
+            "distributed_strategy=fsdp",
+            "distributed_strategy: 'fsdp' cannot train.*use_lora=true does not work",
+        ),
+        ("distributed_strategy=deepspeed_zero2", "distributed_strategy: 'deepspeed_zero2' cannot.*use_lora"),
+        (
+            "train_options={lora_rank: many}",
+            r"train_options: the training settings are refused: invalid TrainConfig:\s+- lora_rank",
+        ),
     ],
 )
 def test_invalid_params_name_the_field(override: str, message: str) -> None:
@@ -121,6 +131,19 @@ def test_valid_cron(cron: str) -> None:
 def test_invalid_cron(cron: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_cron(cron)
+
+
+def test_strategy_conflicts_of_train_options_are_refused_at_load() -> None:
+    """EMA and the unpaired reference point cannot run under FSDP; the strategies that can are accepted."""
+    base = ["feedback_sources=[a.jsonl]", "base_model=m", "use_lora=false"]
+    with pytest.raises(ConfigError, match="distributed_strategy: 'fsdp'.*use_ema=true"):
+        load_params(None, [*base, "distributed_strategy=fsdp", "train_options={use_ema: true}"])
+    with pytest.raises(ConfigError, match="reference_point=unpaired"):
+        load_params(None, [*base, "distributed_strategy=fsdp", "train_options={reference_point: unpaired}"])
+    for strategy in ("ddp", "fsdp", "deepspeed_zero2"):
+        assert load_params(None, [*base, f"distributed_strategy={strategy}"]).distributed_strategy == strategy
+    ema = load_params(None, [*base, "distributed_strategy=deepspeed_zero2", "train_options={use_ema: true}"])
+    assert ema.train_options == {"use_ema": True}
 
 
 def test_pipeline_and_registry_commands_share_the_default_registry() -> None:
