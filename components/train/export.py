@@ -41,10 +41,41 @@ def _copy_base(model_dir: Path, dest: Path) -> None:
         shutil.copy2(path, target)
 
 
-def stage_full_model(unet: Any, model_dir: Path, stage: Path) -> None:
-    """Lay out a diffusers pipeline in ``stage``: base components plus the trained UNet."""
+def stage_full_model(
+    unet: Any, model_dir: Path, stage: Path, state_dict: dict[str, Any] | None = None
+) -> None:
+    """Lay out a diffusers pipeline in ``stage``: base components plus the trained UNet.
+
+    ``state_dict``: the UNet's full weights when they are not all in ``unet`` itself (what
+    ``accelerator.get_state_dict`` gathered from the FSDP shards); default: ``unet.state_dict()``.
+    """
     _copy_base(model_dir, stage)
-    unet.save_pretrained(stage / "unet", safe_serialization=True)
+    save_unet(unet, stage / "unet", unet.state_dict() if state_dict is None else state_dict)
+
+
+def save_unet(unet: Any, directory: Path, state_dict: dict[str, Any], max_shard_size: str = "10GB") -> None:
+    """Write ``unet``'s config and ``state_dict`` as diffusers' ``save_pretrained`` lays them out.
+
+    ``save_pretrained`` takes the weights from the module it is called on, which under FSDP holds only
+    this process's flat shard; this writes the gathered weights instead, with diffusers' file names,
+    shard size and index (diffusers ``ModelMixin.save_pretrained``), so ``from_pretrained`` loads them.
+    """
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    unet.save_config(directory)
+    pattern = SAFETENSORS_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors")
+    split = split_torch_state_dict_into_shards(
+        state_dict, max_shard_size=max_shard_size, filename_pattern=pattern
+    )
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: state_dict[name].detach().cpu().contiguous() for name in names}
+        save_file(shard, str(directory / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
+        (directory / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def stage_lora(unet: Any, base_model: str, sdxl: bool, stage: Path) -> None:

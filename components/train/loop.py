@@ -307,6 +307,7 @@ def train(config: TrainConfig) -> TrainResult:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         cpu=device_type == "cpu",
     )
+    _refuse_strategy_conflicts(config, accelerator)
     set_seed(config.seed)
     configure_cuda_backends(config, device_type)
     tel, gauges = _telemetry(config)
@@ -511,10 +512,21 @@ def train(config: TrainConfig) -> TrainResult:
         return result
 
     accelerator.wait_for_everyone()
+    base = accelerator.unwrap_model(unet)
+    state_dict = None
+    if not config.use_lora:
+        if ema is not None:
+            ema.store(base.parameters())
+            ema.copy_to(base.parameters())
+        # Every process takes part: under FSDP this gathers the shards (a collective), which the main
+        # process alone would wait on forever; elsewhere it is the module's own state dict.
+        state_dict = accelerator.get_state_dict(unet)
     if accelerator.is_main_process:
         result.summary_path = storage.join(config.output_dir, "training_summary.json")
-        _write_output(config, models, accelerator.unwrap_model(unet), ema, result, data, cache_dir, encoded)
+        _write_output(config, models, base, state_dict, result, data, cache_dir, encoded, images_per_step)
     accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.restore(base.parameters())
     tel.push()
     accelerator.end_training()
     log.info(
@@ -527,32 +539,50 @@ def train(config: TrainConfig) -> TrainResult:
     return result
 
 
+def _refuse_strategy_conflicts(config: TrainConfig, accelerator: Any) -> None:
+    """Stop before any model loads when accelerate runs FSDP or DeepSpeed with settings they cannot train.
+
+    ``launch`` checks the plan's strategy already; this catches ``accelerate launch`` run by hand with an
+    FSDP or DeepSpeed config file, where the first checkpoint or the export would otherwise fail.
+    """
+    from accelerate.utils import DistributedType
+
+    from components.train.launcher import strategy_conflicts
+
+    strategy = {DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed_zero2"}.get(
+        accelerator.distributed_type
+    )
+    conflicts = strategy_conflicts(strategy, config) if strategy else []
+    if conflicts:
+        raise ValueError(
+            f"accelerate runs {strategy} here, which cannot train this config:\n- " + "\n- ".join(conflicts)
+        )
+
+
 def _write_output(
     config: TrainConfig,
     models: TrainModels,
     unet: Any,
-    ema: Any,
+    state_dict: dict[str, Any] | None,
     result: TrainResult,
     data: Any,
     cache_dir: str,
     encoded: EncodedData,
+    images_per_step: int,
 ) -> None:
+    """Stage the model (``state_dict``: a full fine-tune's gathered weights) and the summary, then publish."""
     from components.train import export
 
     stage = ckpt.staging_dir() / "model"
     if config.use_lora:
         export.stage_lora(unet, config.pretrained_model, models.sdxl, stage)
     else:
-        if ema is not None:
-            ema.store(unet.parameters())
-            ema.copy_to(unet.parameters())
-        export.stage_full_model(unet, models.model_dir, stage)
-        if ema is not None:
-            ema.restore(unet.parameters())
+        export.stage_full_model(unet, models.model_dir, stage, state_dict=state_dict)
     summary = {
         **result.model_dump(mode="json"),
         "objective": config.objective,
-        "images_per_step": config.train_batch_size * config.gradient_accumulation_steps,
+        # Images the optimizer sees per step: micro-batch x accumulation x processes, x2 for DPO pairs.
+        "images_per_step": images_per_step,
         "n_train_images": len(data.sample_ids),
         "n_desirable": data.n_desirable,
         "n_undesirable": data.n_undesirable,

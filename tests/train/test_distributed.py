@@ -213,6 +213,9 @@ def test_trainer_on_two_processes_keeps_ranks_identical(two_process_run, tiny_sd
         assert torch.equal(value, exported[name]), f"{name}: the exported model is not what rank 0 trained"
         moved = max(moved, (value - start[name]).abs().max().item())
     assert moved > 1e-5, "two AdamW steps at lr 1e-4 should move the weights"
+    # One optimizer step sees batch 2 on each of the 2 processes (review finding 5).
+    summary = json.loads((folder / "out" / "training_summary.json").read_text())
+    assert summary["images_per_step"] == 4
 
 
 def test_trainer_two_processes_batch_2_equal_one_process_batch_4(  # type: ignore[no-untyped-def]
