@@ -210,6 +210,15 @@ def _is_not_found(err: Exception) -> bool:
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(err).lower()
 
 
+def _is_missing(err: Exception) -> bool:
+    """MLflow's own "no such registered model" answer (embedded store and server alike), by error code only.
+
+    Not ENDPOINT_NOT_FOUND (an HTTP 404 from a wrong URL or a proxy) nor any message text: those mean the
+    registry was not reached, which is not the same as an empty registry.
+    """
+    return str(getattr(err, "error_code", "")) == "RESOURCE_DOES_NOT_EXIST"
+
+
 def files_digest(manifest: dict[str, dict[str, Any]]) -> str:
     """sha256 of a ``storage.file_manifest`` (every file's path, size and CRC32C): the files' identity."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -276,23 +285,25 @@ class MlflowRegistry:
         return self._to_version(mv)
 
     def get_alias(self, name: str, alias: str) -> ModelVersion | None:
-        """The version ``alias`` points at, or None (also when the model is not registered yet)."""
-        try:
-            mv = self._retry(self.client.get_model_version_by_alias, name, alias)
-        except Exception as err:
-            if _is_not_found(err) or "alias" in str(err).lower():
-                return None
-            raise
-        return self._to_version(mv)
+        """The version ``alias`` points at, or None (also when the model is not registered yet).
+
+        Read through the model's alias map rather than MLflow's by-alias endpoint: that one answers a
+        missing alias with INVALID_PARAMETER_VALUE, a code it also uses for malformed requests, and an
+        unreachable or misconfigured registry must fail here, never read as "nothing in production".
+        """
+        version = self.aliases(name).get(alias)
+        return None if version is None else self.get_version(name, version)
 
     def aliases(self, name: str) -> dict[str, str]:
         """``{alias: version}`` of a registered model ({} if it is not registered)."""
         try:
             rm = self._retry(self.client.get_registered_model, name)
         except Exception as err:
-            if _is_not_found(err):
+            if _is_missing(err):
                 return {}
-            raise
+            raise RegistryError(
+                f"registry {self.uri}: could not read model {name!r} and its aliases: {err}"
+            ) from err
         return {a: str(v) for a, v in (rm.aliases or {}).items()}
 
     def list_versions(self, name: str) -> list[ModelVersion]:
