@@ -39,6 +39,7 @@ from components.promote.step import (
     load_decision,
 )
 from components.shared import storage
+from components.shared.config import ConfigError
 from components.shared.telemetry import StepTelemetry, get_logger
 
 log = get_logger("promote")
@@ -79,6 +80,40 @@ def _absolute(uri: str | None) -> str | None:
     if uri is None or storage.is_gcs(uri) or storage_uri(uri) != uri:
         return uri
     return str(Path(uri).resolve())
+
+
+def decision_file(uri: str) -> str:
+    """The decision.json a ``decision`` setting names (the file or its directory), absolute when local, so
+    the same file given two ways compares equal."""
+    path = uri if uri.endswith(".json") else storage.join(uri, "decision.json")
+    return _absolute(path) or path
+
+
+def check_decision_matches(name: str, version: ModelVersion, decision: dict[str, Any], uri: str) -> None:
+    """Refuse to promote ``version`` on a decision.json that did not evaluate it.
+
+    The decision must name the model the version was registered from (its ``gate.candidate_model``,
+    ``model_uri`` or ``candidate_model`` tag), and a version already judged by a gate may only be promoted
+    on that same decision, so a passing verdict about another model cannot carry a rejected one into
+    production.
+    """
+    evaluated = decision.get("candidate_model")
+    tags = version.tags
+    origins = [tags[k] for k in ("gate.candidate_model", "model_uri", "candidate_model") if tags.get(k)]
+    known = set(origins) | {_absolute(o) for o in origins}
+    if not evaluated or not ({str(evaluated), _absolute(str(evaluated))} & known):
+        raise ConfigError(
+            f"decision={uri!r} evaluated candidate_model={evaluated!r}, but version {version.version} of "
+            f"{name!r} was registered from {origins or 'an unknown model'}; promote a version with the "
+            "decision.json of its own evaluation"
+        )
+    recorded = tags.get("gate.decision_uri")
+    if recorded is not None and decision_file(recorded) != decision_file(uri):
+        raise ConfigError(
+            f"decision={uri!r}: version {version.version} of {name!r} was already judged by "
+            f"gate.decision_uri={recorded!r} (gate={tags.get('gate')}); a version is promoted only on its "
+            "own gate's decision. Register the candidate again with the new decision instead."
+        )
 
 
 def gate_tags(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
@@ -156,7 +191,7 @@ def register_candidate_impl(config: RegisterConfig, telemetry: StepTelemetry) ->
     decision: dict[str, Any] | None = None
     if config.decision:
         decision = load_decision(config.decision)
-        tags.update(gate_tags(decision, config.decision))
+        tags.update(gate_tags(decision, decision_file(config.decision)))
         gate = tags["gate"]
         reasons = [str(r) for r in decision.get("reasons") or []]
     else:
@@ -326,8 +361,17 @@ def promote_impl(config: PromoteConfig, telemetry: StepTelemetry) -> PromoteResu
         registered = register_candidate_impl(config, telemetry)
         version = registered.version
     else:
-        version = registry.get_version(name, config.version).version
-        registry.set_tags(name, version, gate_tags(decision, config.decision))
+        chosen = registry.get_version(name, config.version)
+        check_decision_matches(name, chosen, decision, config.decision)
+        version = chosen.version
+        promoting = {
+            "promotion.decision_uri": decision_file(config.decision),
+            "promotion.gate": "passed" if decision["passed"] else "rejected",
+        }
+        if "gate.decision_uri" not in chosen.tags:
+            # Registered unevaluated: this decision is its first verdict. A recorded verdict is never rewritten.
+            promoting.update(gate_tags(decision, decision_file(config.decision)))
+        registry.set_tags(name, version, promoting)
 
     def outcome(
         kind: Literal["promoted", "rejected", "conflict"],

@@ -39,7 +39,9 @@ def test_bench_registry(
     ).version
     register_s = time.perf_counter() - t0
 
-    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
+    decision = make_decision(
+        tmp_path / "d.json", passed=True, baseline_version=None, candidate_model=str(model)
+    )
     t0 = time.perf_counter()
     promote(
         PromoteConfig(registry_uri=registry_uri, model_name=model_name, version=version, decision=decision)

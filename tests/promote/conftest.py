@@ -130,15 +130,20 @@ def make_model_dir(path: Path, seed: int = 0, big_bytes: int = 0) -> Path:
 
 
 def write_decision(
-    path: Path, *, passed: bool, baseline_version: str | None, reasons: list[str] | None = None
+    path: Path,
+    *,
+    passed: bool,
+    baseline_version: str | None,
+    reasons: list[str] | None = None,
+    candidate_model: str = "cand",
 ) -> str:
-    """A decision.json as the evaluate step writes it."""
+    """A decision.json as the evaluate step writes it, about ``candidate_model``."""
     decision = {
         "passed": passed,
         "reasons": reasons or (["pickscore win rate 0.64 > 0.5 (CI 0.55-0.72)"] if passed else ["no gain"]),
         "primary_metric": "pickscore",
         "n_prompts": 32,
-        "candidate_model": "cand",
+        "candidate_model": candidate_model,
         "baseline_model": "base",
         "baseline_version": baseline_version,
         "metrics": {

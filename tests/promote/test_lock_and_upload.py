@@ -197,20 +197,19 @@ def test_concurrent_promotions_in_separate_processes(
 ) -> None:
     """Two processes on the embedded SQLite store, as two pipeline pods on one node would be."""
     versions = []
+    decisions = {}
     for seed in (1, 2):
-        versions.append(
-            register_candidate(
-                RegisterConfig(
-                    registry_uri=embedded_registry_uri,
-                    model_name=model_name,
-                    candidate_model=str(make_model(tmp_path / f"m{seed}", seed=seed)),
-                )
-            ).version
+        model = str(make_model(tmp_path / f"m{seed}", seed=seed))
+        version = register_candidate(
+            RegisterConfig(registry_uri=embedded_registry_uri, model_name=model_name, candidate_model=model)
+        ).version
+        versions.append(version)
+        decisions[version] = make_decision(
+            tmp_path / f"d{seed}.json", passed=True, baseline_version=None, candidate_model=model
         )
-    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _RACER, embedded_registry_uri, model_name, v, decision],
+            [sys.executable, "-c", _RACER, embedded_registry_uri, model_name, v, decisions[v]],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

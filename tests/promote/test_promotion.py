@@ -27,7 +27,13 @@ from components.promote.step import (
     rollback,
 )
 from components.shared import storage
+from components.shared.config import ConfigError
 from components.shared.telemetry import StepTelemetry
+
+
+def _decision_of(tmp_path: Path, seed: int) -> str:
+    """The decision.json ``_register`` registered the version of ``seed`` with (its own gate's)."""
+    return str(tmp_path / f"eval-{seed}" / "decision.json")
 
 
 def _register(
@@ -90,7 +96,7 @@ def test_promotion_moves_aliases_and_rollback_restores(
             registry_uri=registry_uri,
             model_name=model_name,
             version=v1,
-            decision=make_decision(tmp_path / "d1.json", passed=True, baseline_version=None),
+            decision=_decision_of(tmp_path, 1),
             pipeline_run_id="run-1",
         )
     )
@@ -250,11 +256,11 @@ def test_stale_gate_is_a_conflict(registry_uri, model_name, tmp_path, make_model
     """A candidate evaluated against 'nothing in production' may not replace a production set since."""
     v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
     v2 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=2).version
-    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
-    cfg = {"registry_uri": registry_uri, "model_name": model_name, "decision": decision}
+    cfg = {"registry_uri": registry_uri, "model_name": model_name}
     telemetry = StepTelemetry("promote", run_id="test")
-    assert promote_impl(PromoteConfig(version=v1, **cfg), telemetry).outcome == "promoted"
-    late = promote_impl(PromoteConfig(version=v2, **cfg), telemetry)
+    first = PromoteConfig(version=v1, decision=_decision_of(tmp_path, 1), **cfg)
+    assert promote_impl(first, telemetry).outcome == "promoted"
+    late = promote_impl(PromoteConfig(version=v2, decision=_decision_of(tmp_path, 2), **cfg), telemetry)
     counts = {
         m: telemetry.registry.get_sample_value(f"dkto_promote_{m}_total") for m in ("promotions", "conflicts")
     }
@@ -270,19 +276,21 @@ def test_concurrent_promotions_exactly_one_wins(
 ):
     """Two pipelines that both evaluated against production v1 finish at once: one promotes, one conflicts."""
     v1 = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1).version
-    decision_none = make_decision(tmp_path / "d0.json", passed=True, baseline_version=None)
     base = {"registry_uri": registry_uri, "model_name": model_name}
-    assert promote(PromoteConfig(version=v1, decision=decision_none, **base)).outcome == "promoted"
-    racers = [
-        _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=s).version
+    assert promote(PromoteConfig(version=v1, decision=_decision_of(tmp_path, 1), **base)).promoted
+    seeds = {
+        _register(
+            registry_uri, model_name, tmp_path, make_model, make_decision, seed=s, baseline=v1
+        ).version: s
         for s in (2, 3)
-    ]
-    decision = make_decision(tmp_path / "d1.json", passed=True, baseline_version=v1)
+    }
+    racers = list(seeds)
 
     barrier = threading.Barrier(len(racers))
     results: dict[str, object] = {}
 
     def race(version: str) -> None:
+        decision = _decision_of(tmp_path, seeds[version])
         config = PromoteConfig(version=version, decision=decision, pipeline_run_id=f"racer-{version}", **base)
         barrier.wait()
         try:
@@ -313,18 +321,12 @@ def test_crash_after_the_commit_write_is_repaired(
     """A promotion that died right after moving production (before previous-production): rollback still
     goes to the version production replaced, and the stale alias is repaired under the lock."""
     uri = embedded_registry_uri
-    versions = [
-        _register(uri, model_name, tmp_path, make_model, make_decision, seed=s).version for s in (1, 2, 3)
-    ]
-    v1, v2, v3 = versions
-    decision = make_decision(tmp_path / "d.json", passed=True, baseline_version=None)
-    assert promote(
-        PromoteConfig(registry_uri=uri, model_name=model_name, version=v1, decision=decision)
-    ).promoted
-    decision = make_decision(tmp_path / "d2.json", passed=True, baseline_version=v1)
-    assert promote(
-        PromoteConfig(registry_uri=uri, model_name=model_name, version=v2, decision=decision)
-    ).promoted
+    cfg = {"registry_uri": uri, "model_name": model_name}
+    v1 = _register(uri, model_name, tmp_path, make_model, make_decision, seed=1).version
+    assert promote(PromoteConfig(**cfg, version=v1, decision=_decision_of(tmp_path, 1))).promoted
+    v2 = _register(uri, model_name, tmp_path, make_model, make_decision, seed=2, baseline=v1).version
+    assert promote(PromoteConfig(**cfg, version=v2, decision=_decision_of(tmp_path, 2))).promoted
+    v3 = _register(uri, model_name, tmp_path, make_model, make_decision, seed=3, baseline=v2).version
     registry = open_registry(uri)
     # The writes a promotion of v3 makes up to and including its commit point, then nothing more.
     registry.set_tags(model_name, v3, {"promotion.replaces_version": v2})
@@ -334,3 +336,45 @@ def test_crash_after_the_commit_write_is_repaired(
     assert (back.production_before, back.production_after) == (v3, v2)
     assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1
     assert registry.get_version(model_name, v3).tags["rolled_back"] == "true"
+
+
+def test_a_version_is_promoted_only_on_its_own_decision(
+    registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """A rejected version cannot ride another model's passing decision.json into production, and its
+    recorded verdict is never rewritten (review finding 3)."""
+    cfg = {"registry_uri": registry_uri, "model_name": model_name}
+    bad = _register(registry_uri, model_name, tmp_path, make_model, make_decision, seed=1, passed=False)
+    registry = open_registry(registry_uri)
+    before = {
+        k: v for k, v in registry.get_version(model_name, bad.version).tags.items() if k.startswith("gate")
+    }
+    assert before["gate"] == "rejected"
+    other = make_decision(
+        tmp_path / "other.json", passed=True, baseline_version=None, candidate_model="gs://b/runs/77/model"
+    )
+    with pytest.raises(ConfigError, match="evaluated candidate_model='gs://b/runs/77/model'"):
+        promote(PromoteConfig(**cfg, version=bad.version, decision=other))
+    # Same model name in the decision, but not the decision this version's gate recorded.
+    relabelled = make_decision(tmp_path / "relabelled.json", passed=True, baseline_version=None)
+    with pytest.raises(ConfigError, match="already judged by gate.decision_uri"):
+        promote(PromoteConfig(**cfg, version=bad.version, decision=relabelled))
+    after = registry.get_version(model_name, bad.version).tags
+    assert {k: v for k, v in after.items() if k.startswith("gate")} == before
+    assert PRODUCTION not in registry.aliases(model_name)
+
+    # Its own decision (given as the directory this time) is accepted, and says it was rejected.
+    own = promote(PromoteConfig(**cfg, version=bad.version, decision=str(tmp_path / "eval-1")))
+    assert own.outcome == "rejected"
+    tags = registry.get_version(model_name, bad.version).tags
+    assert tags["promotion.gate"] == "rejected" and tags["gate"] == "rejected"
+
+    # A version registered without a verdict takes the first decision about its own model as its gate.
+    model = make_model(tmp_path / "m2", seed=2)
+    plain = register_candidate(RegisterConfig(**cfg, candidate_model=str(model))).version
+    decision = make_decision(
+        tmp_path / "d2.json", passed=True, baseline_version=None, candidate_model=str(model)
+    )
+    assert promote(PromoteConfig(**cfg, version=plain, decision=decision)).promoted
+    tags = registry.get_version(model_name, plain).tags
+    assert tags["gate"] == "passed" and tags["gate.decision_uri"] == str(Path(decision).resolve())
