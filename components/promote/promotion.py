@@ -144,11 +144,22 @@ def lineage_tags(config: RegisterConfig) -> dict[str, str]:
     """Where the candidate came from; unknown fields are filled from files the trainer writes beside it."""
     summary = _read_optional_json(storage.join(config.candidate_model or "", "training_summary.json"))
     lora = _read_optional_json(storage.join(config.candidate_model or "", "dkto_lora.json"))
-    base_model = config.base_model or lora.get("base_model") or summary.get("pretrained_model")
-    config_hash = config.training_config_hash or summary.get("config_hash")
+    # The trainer's summary (components/train/loop.py _write_output) is TrainResult's fields (data_hash,
+    # config_hash) plus base_model; the older names are still read for summaries written before.
+    trained_config = summary.get("config")
+    trained: dict[str, Any] = trained_config if isinstance(trained_config, dict) else {}
+    base_model = (
+        config.base_model
+        or lora.get("base_model")
+        or summary.get("base_model")
+        or summary.get("pretrained_model")
+        or trained.get("pretrained_model")
+    )
+    config_hash = config.training_config_hash or summary.get("config_hash") or None
+    data_hash = config.dataset_hash or summary.get("data_hash") or summary.get("dataset_hash") or None
     tags = {
         "base_model": base_model,
-        "dataset_hash": config.dataset_hash or summary.get("dataset_hash"),
+        "dataset_hash": data_hash,
         "training_config_hash": config_hash,
         "code_version": config.code_version or summary.get("code_version"),
         "pipeline_run_id": config.run_id(),

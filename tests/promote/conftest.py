@@ -111,6 +111,21 @@ def model_name() -> str:
     return f"tiny-{uuid.uuid4().hex[:8]}"
 
 
+def training_summary(path: Path, seed: int) -> dict[str, object]:
+    """training_summary.json with the keys the trainer writes: ``TrainResult``'s fields (its ``data_hash``
+    and ``config_hash``) plus ``base_model`` and the config (components/train/loop.py ``_write_output``)."""
+    from components.train.step import TrainResult
+
+    result = TrainResult(output_dir=str(path), steps=1, config_hash=f"cfg{seed}", data_hash=f"ds{seed}")
+    return {
+        **result.model_dump(mode="json"),
+        "objective": "kto",
+        "base_model": "gs://models/sd15",
+        "train_data": "gs://data/train.parquet",
+        "config": {"pretrained_model": "gs://models/sd15", "output_dir": str(path)},
+    }
+
+
 def make_model_dir(path: Path, seed: int = 0, big_bytes: int = 0) -> Path:
     """A small model directory in the trainer's output layout (contents differ by ``seed``)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -119,11 +134,7 @@ def make_model_dir(path: Path, seed: int = 0, big_bytes: int = 0) -> Path:
     )
     (path / "unet").mkdir(exist_ok=True)
     (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(os.urandom(2048))
-    (path / "training_summary.json").write_text(
-        json.dumps(
-            {"pretrained_model": "gs://models/sd15", "config_hash": f"cfg{seed}", "dataset_hash": f"ds{seed}"}
-        )
-    )
+    (path / "training_summary.json").write_text(json.dumps(training_summary(path, seed)))
     if big_bytes:
         (path / "weights.bin").write_bytes(os.urandom(big_bytes))
     return path
