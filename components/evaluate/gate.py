@@ -11,6 +11,11 @@ yet) generate images for the same prompts from the same initial noise, so every 
   Wilson score interval over prompts (a bootstrap CI collapses to a point when every prompt is a win,
   which would let a handful of lucky prompts pass the gate).
 
+A prompt where the safety checker flagged (and blacked out) any image of either model is left out of
+every statistic and listed in ``Comparison.excluded`` with the reason ``safety_checker_flagged``: a black
+square scored as a model's work would skew the pair. Prompts scored = prompts compared + prompts excluded;
+the exclusions count against ``min_prompts`` like any missing prompt.
+
 ``decide`` is a pure function that fails closed: a missing metric, a NaN, too few prompts, prompts or image
 counts that differ between the two models, a scorer error, a model that could not be loaded, or any
 unexpected input gives ``passed=False`` with each reason spelled
@@ -108,14 +113,31 @@ class MetricComparison(BaseModel):
     n_prompts: int = 0
 
 
+#: Why a prompt both models were scored on was left out of the comparison.
+SAFETY_CHECKER_FLAGGED = "safety_checker_flagged"
+
+
+class ExcludedPrompt(BaseModel):
+    """A prompt left out of the comparison, and why."""
+
+    prompt_index: int
+    prompt: str = ""
+    reason: str
+    flagged_images: dict[str, int] = Field(
+        default_factory=dict, description="Per model, how many of this prompt's images were flagged."
+    )
+
+
 class Comparison(BaseModel):
     """All metrics compared on the same prompts; ``per_prompt_diff`` feeds the report's gains/losses;
-    ``mismatches`` says where the two models' images are not paired one to one (each one fails the gate)."""
+    ``mismatches`` says where the two models' images are not paired one to one (each one fails the gate);
+    ``excluded`` lists the prompts both models have that were left out, each with its reason."""
 
     n_prompts: int
     metrics: dict[str, MetricComparison]
     per_prompt_diff: dict[str, dict[int, float]] = Field(default_factory=dict)
     mismatches: list[str] = Field(default_factory=list)
+    excluded: list[ExcludedPrompt] = Field(default_factory=list)
 
 
 class GateDecision(BaseModel):
@@ -127,6 +149,7 @@ class GateDecision(BaseModel):
     n_prompts: int
     metrics: dict[str, dict[str, Any]]
     confidence: float = 0.95
+    excluded_prompts: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def ci_label(confidence: float) -> str:
@@ -181,19 +204,28 @@ def compare(
     """Compare candidate and baseline per metric on the prompts both models were scored on.
 
     ``scores`` is a table (pandas DataFrame) with one row per image: ``model`` ("candidate" or
-    "baseline"), ``prompt_index``, ``image_index`` and one column per metric. Only prompts present for
-    both models count; ``n_prompts`` is that number. Prompts only one model has, and prompts whose two
-    models have different numbers of images (the image-level means would then weigh prompts differently
-    from the prompt-level differences), are listed in ``mismatches``, which ``decide`` turns into failures.
+    "baseline"), ``prompt_index``, ``image_index``, one column per metric, and optionally
+    ``safety_flagged`` (bool) and ``prompt``. Only prompts present for both models count. Prompts only one
+    model has, and prompts whose two models have different numbers of images (the image-level means would
+    then weigh prompts differently from the prompt-level differences), are listed in ``mismatches``,
+    which ``decide`` turns into failures. A prompt with a flagged image on either side is left out and
+    listed in ``excluded``; ``n_prompts`` is the number of prompts compared.
     """
     import pandas as pd
 
     df = pd.DataFrame(scores)
     scorer_higher_is_better = dict(scorer_higher_is_better or {})
+    mismatches = _pairing_mismatches(df[df["model"] == "candidate"], df[df["model"] == "baseline"])
+    shared = sorted(
+        set(df.loc[df["model"] == "candidate", "prompt_index"])
+        & set(df.loc[df["model"] == "baseline", "prompt_index"])
+    )
+    excluded = _safety_exclusions(df, shared)
+    if excluded:
+        df = df[~df["prompt_index"].isin({e.prompt_index for e in excluded})]
     cand = df[df["model"] == "candidate"]
     base = df[df["model"] == "baseline"]
     common = sorted(set(cand["prompt_index"]) & set(base["prompt_index"]))
-    mismatches = _pairing_mismatches(cand, base)
     out: dict[str, MetricComparison] = {}
     per_prompt: dict[str, dict[int, float]] = {}
     for metric in metrics:
@@ -230,7 +262,38 @@ def compare(
             n_prompts=n,
         )
         per_prompt[metric] = {int(p): float(d) for p, d in zip(common, diffs, strict=True)}
-    return Comparison(n_prompts=len(common), metrics=out, per_prompt_diff=per_prompt, mismatches=mismatches)
+    return Comparison(
+        n_prompts=len(common),
+        metrics=out,
+        per_prompt_diff=per_prompt,
+        mismatches=mismatches,
+        excluded=excluded,
+    )
+
+
+def _safety_exclusions(df: Any, prompt_indices: list[int]) -> list[ExcludedPrompt]:
+    """The prompts (of ``prompt_indices``) where the safety checker flagged an image of either model.
+
+    The flagged image is black, not the model's work; dropping only that image would leave the two
+    sides with different image counts, so the whole prompt goes, for both models.
+    """
+    if "safety_flagged" not in df.columns:
+        return []
+    flagged = df[df["safety_flagged"].fillna(False).astype(bool) & df["prompt_index"].isin(prompt_indices)]
+    if flagged.empty:
+        return []
+    excluded = []
+    for prompt_index, rows in flagged.groupby("prompt_index"):
+        counts = rows.groupby("model").size().to_dict()
+        excluded.append(
+            ExcludedPrompt(
+                prompt_index=int(prompt_index),
+                prompt=str(rows["prompt"].iloc[0]) if "prompt" in rows.columns else "",
+                reason=SAFETY_CHECKER_FLAGGED,
+                flagged_images={m: int(counts.get(m, 0)) for m in ("candidate", "baseline")},
+            )
+        )
+    return excluded
 
 
 def _pairing_mismatches(cand: Any, base: Any, show: int = 5) -> list[str]:
@@ -325,14 +388,16 @@ def _decide(
 
     metrics = comparison.metrics if comparison is not None else {}
     n_prompts = comparison.n_prompts if comparison is not None else 0
+    excluded = comparison.excluded if comparison is not None else []
+    exclusion_note = _exclusion_note(excluded)
     if comparison is None:
         reasons.append("no comparison of candidate and baseline scores was made")
     else:
         reasons.extend(comparison.mismatches)
     if comparison is not None and n_prompts < policy.min_prompts:
         reasons.append(
-            f"only {n_prompts} prompts were compared; the policy needs at least {policy.min_prompts} "
-            "(gate.min_prompts)"
+            f"only {n_prompts} prompts were compared{exclusion_note}; the policy needs at least "
+            f"{policy.min_prompts} (gate.min_prompts)"
         )
 
     primary_checked = False
@@ -386,7 +451,8 @@ def _decide(
         m = metrics[primary]
         reasons.append(
             f"{primary} win rate {m.win_rate:.1%} ({ci} {m.win_rate_ci_low:.1%}–{m.win_rate_ci_high:.1%}) "
-            f"over {n_prompts} prompts exceeds {policy.min_win_rate_ci_low:.1%}, and every other check passed"
+            f"over {n_prompts} prompts{exclusion_note} exceeds {policy.min_win_rate_ci_low:.1%}, and every "
+            "other check passed"
         )
     elif not reasons:
         reasons.append(f"the primary metric {primary!r} was never checked; failing closed")
@@ -397,4 +463,16 @@ def _decide(
         n_prompts=n_prompts,
         metrics={name: mc.model_dump() for name, mc in metrics.items()},
         confidence=float(policy.confidence),
+        excluded_prompts=[e.model_dump() for e in excluded],
     )
+
+
+def _exclusion_note(excluded: Sequence[ExcludedPrompt]) -> str:
+    """`` (N more excluded: reason)`` for reasons, naming how many prompts each reason left out."""
+    if not excluded:
+        return ""
+    by_reason: dict[str, int] = {}
+    for item in excluded:
+        by_reason[item.reason] = by_reason.get(item.reason, 0) + 1
+    listed = ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))
+    return f" ({len(excluded)} more excluded: {listed})"

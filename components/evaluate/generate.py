@@ -6,7 +6,12 @@ pipeline as ``latents=``. So the candidate and the production model start from i
 image, whatever the batch size, device or dtype, and a paired comparison compares like with like.
 
 Outputs under ``out``: ``images/p{prompt:05d}_i{image:02d}.png`` and ``index.parquet`` with one row per image
-(prompt, prompt_index, image_index, seed, image_path, model_id).
+(prompt, prompt_index, image_index, seed, image_path, model_id, safety_flagged).
+
+A pipeline with a safety checker (SD v1.5 ships one, and the trainer copies it into the candidate) replaces
+every image it flags by a black one and says so in ``output.nsfw_content_detected``; that flag is kept on
+each image (``safety_flagged``) so the comparison can leave such images out with a count, instead of
+scoring a black square as the model's work.
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ SCHEDULERS: dict[str, str] = {
     "ddpm": "DDPMScheduler",
 }
 
-INDEX_COLUMNS = ("prompt", "prompt_index", "image_index", "seed", "image_path", "model_id")
+INDEX_COLUMNS = (
+    "prompt",
+    "prompt_index",
+    "image_index",
+    "seed",
+    "image_path",
+    "model_id",
+    "safety_flagged",
+)
 
 
 class PromptFileError(ValueError):
@@ -172,7 +185,8 @@ def scheduler_summary(scheduler: Any) -> dict[str, Any]:
 
 @dataclass
 class GeneratedImage:
-    """One generated image and where it was written."""
+    """One generated image and where it was written; ``safety_flagged``: the pipeline's safety checker
+    flagged it and returned a black image instead (always False for a pipeline without a checker)."""
 
     prompt: str
     prompt_index: int
@@ -180,6 +194,7 @@ class GeneratedImage:
     seed: int
     image_path: str
     model_id: str
+    safety_flagged: bool = False
 
 
 def generate_images(
@@ -262,14 +277,15 @@ def generate_images(
                 output_type="np",
             )
             arrays = np.asarray(output.images)
-            for (p, i), s, array in zip(batch, seeds, arrays, strict=True):
+            flags = safety_flags(output, len(batch))
+            for (p, i), s, array, flagged in zip(batch, seeds, arrays, flags, strict=True):
                 image = Image.fromarray((np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8))
                 name = f"p{p:05d}_i{i:02d}.png"
                 path = storage.join(out, image_dir, name) if image_dir else storage.join(out, name)
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
                 storage.write_bytes(path, buf.getvalue())
-                item = GeneratedImage(prompts[p], p, i, s, path, model_id)
+                item = GeneratedImage(prompts[p], p, i, s, path, model_id, flagged)
                 results.append(item)
                 if on_image is not None:
                     on_image(item)
@@ -284,9 +300,19 @@ def generate_images(
             "seed": pa.array([r.seed for r in results], pa.int64()),
             "image_path": [r.image_path for r in results],
             "model_id": [r.model_id for r in results],
+            "safety_flagged": pa.array([r.safety_flagged for r in results], pa.bool_()),
         }
     )
     storage.write_parquet(table, storage.join(out, "index.parquet"))
+    flagged_count = sum(r.safety_flagged for r in results)
+    if flagged_count:
+        log.warning(
+            "%s: the safety checker flagged %d of %d images (written black; the comparison leaves their "
+            "prompts out)",
+            model_id,
+            flagged_count,
+            len(results),
+        )
     log.info(
         "%s: %d images (%d prompts x %d) at %dpx in %.1fs (%.2f images/s) -> %s",
         model_id,
@@ -299,6 +325,24 @@ def generate_images(
         out,
     )
     return results
+
+
+def safety_flags(output: Any, n_images: int) -> list[bool]:
+    """Per image of one pipeline call, whether its safety checker flagged it (and blacked it out).
+
+    diffusers' SD pipelines return ``nsfw_content_detected``: a list of booleans, or None when the
+    pipeline has no safety checker; SDXL's output has no such field. Anything else is an error naming
+    the field, as a silently misread flag would let a black image be scored.
+    """
+    flags = getattr(output, "nsfw_content_detected", None)
+    if flags is None:
+        return [False] * n_images
+    flags = list(flags)
+    if len(flags) != n_images:
+        raise ValueError(
+            f"the pipeline's nsfw_content_detected has {len(flags)} entries for {n_images} images"
+        )
+    return [bool(f) for f in flags]
 
 
 def read_image(uri: str) -> Any:

@@ -134,7 +134,7 @@ def render_report(
             if decision.get("baseline_version")
             else " (nothing in production: compared with the base model)"
         ),
-        f"<br>{int(decision.get('n_prompts', 0))} prompts, same seeds for both models; primary metric "
+        f"<br>{_prompt_counts(decision)}, same seeds for both models; primary metric "
         f"<b>{html.escape(primary)}</b>; evaluated {html.escape(str(decision.get('created_at', '')))}",
         "</div>",
     ]
@@ -143,6 +143,20 @@ def render_report(
     for reason in reasons:
         parts.append(f"<li class='{'pass' if passed else 'fail'}'>{html.escape(reason)}</li>")
     parts.append("</ul>")
+
+    excluded = decision.get("excluded_prompts") or []
+    if excluded:
+        parts.append(f"<h2>Prompts left out ({len(excluded)})</h2><ul class='reasons'>")
+        for item in excluded:
+            counts = item.get("flagged_images") or {}
+            flagged = ", ".join(f"{m} {int(n)}" for m, n in counts.items() if n)
+            parts.append(
+                f"<li>prompt {int(item.get('prompt_index', -1))} “{html.escape(str(item.get('prompt', '')))}”: "
+                f"{html.escape(str(item.get('reason', '?')))}"
+                + (f" (flagged images: {html.escape(flagged)})" if flagged else "")
+                + "</li>"
+            )
+        parts.append("</ul>")
 
     parts.append("<h2>Metrics</h2>")
     if metrics:
@@ -220,6 +234,23 @@ def render_report(
         parts.append("</p>")
     parts.append("</main></body></html>")
     return "\n".join(parts)
+
+
+def _prompt_counts(decision: dict[str, Any]) -> str:
+    """The report's prompt figures: compared, and (when recorded) in and excluded, with flagged images."""
+    compared = int(decision.get("n_prompts", 0) or 0)
+    total = decision.get("prompts_total")
+    if total is None:
+        return f"{compared} prompts"
+    text = f"{int(total)} prompts in, {compared} compared, {int(decision.get('n_prompts_excluded', 0) or 0)} excluded"
+    flagged = decision.get("safety_flagged_images") or {}
+    if flagged:
+        text += (
+            " (safety checker flagged images: "
+            + ", ".join(f"{html.escape(str(m))} {int(n)}" for m, n in flagged.items())
+            + ")"
+        )
+    return text
 
 
 def _prompt_blocks(

@@ -6,10 +6,12 @@ image with each configured scorer, compares the two models (``gate.compare``), a
 
 - ``images/candidate/``, ``images/baseline/`` (PNGs) with an ``index.parquet`` each;
 - ``scores.parquet``: one row per image (model, prompt, prompt_index, image_index, seed, image_path,
-  one column per metric);
+  safety_flagged, one column per metric);
 - ``decision.json``: the verdict, its reasons and the numbers (schema in /work/contracts.md), strict JSON:
   a non-finite number is written as null and its field listed under ``non_finite``; ``scheduler`` records
-  the sampler each model actually used;
+  the sampler each model actually used; ``prompts_total`` = ``n_prompts`` (compared) +
+  ``n_prompts_excluded`` once both models were scored, each exclusion in ``excluded_prompts`` with its
+  reason, and ``safety_flagged_images`` counts the images each model's safety checker blacked out;
 - ``metrics.json``: a flat ``{name: float}`` for KFP ``Metrics`` (finite values only);
 - ``report.html``: one self-contained page for the person deciding whether to ship.
 
@@ -247,14 +249,29 @@ def run(config: EvaluateConfig) -> EvaluateResult:
             "image_index": item.image_index,
             "seed": item.seed,
             "image_path": item.image_path,
+            "safety_flagged": bool(item.safety_flagged),
         }
         for role in ("candidate", "baseline")
         for item in generated.get(role, [])
     ]
     scores = pd.DataFrame(
         rows,
-        columns=["model", "model_id", "prompt", "prompt_index", "image_index", "seed", "image_path"],
-    )
+        columns=[
+            "model",
+            "model_id",
+            "prompt",
+            "prompt_index",
+            "image_index",
+            "seed",
+            "image_path",
+            "safety_flagged",
+        ],
+    ).astype({"safety_flagged": bool})
+    # Black images the safety checker put in place of what a model drew; the gate leaves their prompts out.
+    safety_flagged_images = {
+        role: sum(bool(item.safety_flagged) for item in generated.get(role, []))
+        for role in ("candidate", "baseline")
+    }
     scorer_errors: dict[str, str] = {}
     directions: dict[str, bool] = {}
     scored: list[str] = []
@@ -310,6 +327,10 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         "reasons": verdict.reasons,
         "primary_metric": verdict.primary_metric,
         "n_prompts": verdict.n_prompts,
+        "prompts_total": len(prompts),
+        "n_prompts_excluded": len(verdict.excluded_prompts),
+        "excluded_prompts": verdict.excluded_prompts,
+        "safety_flagged_images": safety_flagged_images,
         "candidate_model": config.candidate_model,
         "baseline_model": config.baseline_model,
         "baseline_version": config.baseline_version,
@@ -324,6 +345,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         "config_hash": config.config_hash(),
     }
     flat = flat_metrics(verdict.metrics, verdict.passed, verdict.n_prompts)
+    flat["n_prompts_excluded"] = float(len(verdict.excluded_prompts))
 
     # 4. Artifacts.
     paths = {

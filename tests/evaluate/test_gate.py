@@ -255,3 +255,46 @@ def test_reasons_name_the_policys_confidence_level() -> None:
         assert "95%" not in passed.reasons[0] + failed.reasons[0]
         assert passed.confidence == confidence
     assert "95% CI" not in (GatePolicy.model_fields["min_win_rate_ci_low"].description or "")
+
+
+def test_prompts_with_a_safety_flagged_image_on_either_side_are_excluded_and_counted() -> None:
+    """A flagged image is a black square the safety checker put in place of the model's work."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(20, 1, size=(25, 2))
+    cand = base + 1.0
+    # Flagged images score very low (black); scored as ordinary images they would flip these prompts.
+    cand[2, 0] = base[4, 1] = base[9, 0] = -100.0
+    df = scores_table(cand, base)
+    df["prompt"] = [f"prompt {p}" for p in df["prompt_index"]]
+    df["safety_flagged"] = False
+    flagged = [("candidate", 2, 0), ("baseline", 4, 1), ("baseline", 9, 0)]
+    for model, p, i in flagged:
+        df.loc[
+            (df["model"] == model) & (df["prompt_index"] == p) & (df["image_index"] == i), "safety_flagged"
+        ] = True
+
+    comparison = compare(df, ["pickscore"], POLICY)
+    assert comparison.n_prompts == 22 and not comparison.mismatches
+    assert [(e.prompt_index, e.reason, e.flagged_images) for e in comparison.excluded] == [
+        (2, "safety_checker_flagged", {"candidate": 1, "baseline": 0}),
+        (4, "safety_checker_flagged", {"candidate": 0, "baseline": 1}),
+        (9, "safety_checker_flagged", {"candidate": 0, "baseline": 1}),
+    ]
+    assert comparison.excluded[0].prompt == "prompt 2"
+    # The black images are out of every statistic: the candidate is exactly 1.0 better on each prompt.
+    stats = comparison.metrics["pickscore"]
+    assert stats.mean_diff == pytest.approx(1.0) and stats.win_rate == 1.0 and stats.n_prompts == 22
+    assert set(comparison.per_prompt_diff["pickscore"]) == set(range(25)) - {2, 4, 9}
+
+    verdict = decide(POLICY, comparison)
+    assert verdict.passed and verdict.n_prompts == 22
+    assert "over 22 prompts (3 more excluded: 3 safety_checker_flagged)" in verdict.reasons[0]
+    assert [e["prompt_index"] for e in verdict.excluded_prompts] == [2, 4, 9]
+    # Exclusions count against min_prompts like any missing prompt.
+    strict = decide(GatePolicy(min_prompts=23), comparison)
+    assert not strict.passed
+    assert any(
+        "only 22 prompts were compared (3 more excluded: 3 safety_checker_flagged)" in r
+        and "at least 23" in r
+        for r in strict.reasons
+    ), strict.reasons

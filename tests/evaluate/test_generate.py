@@ -34,7 +34,16 @@ def test_generation_is_deterministic_across_batch_sizes_and_writes_the_index(tin
     # Different (prompt, image) pairs get different noise, hence different images.
     assert not np.array_equal(_pixels(a)[0], _pixels(a)[1])
     index = storage.read_parquet(str(tmp_path / "a" / "index.parquet"))
-    assert index.column_names == ["prompt", "prompt_index", "image_index", "seed", "image_path", "model_id"]
+    assert index.column_names == [
+        "prompt",
+        "prompt_index",
+        "image_index",
+        "seed",
+        "image_path",
+        "model_id",
+        "safety_flagged",
+    ]
+    assert index.column("safety_flagged").to_pylist() == [False] * 4  # no safety checker in tiny SD
     assert index.num_rows == 4
     assert index.column("seed").to_pylist() == [image_seed(0, p, i) for p in range(2) for i in range(2)]
     assert read_image(index.column("image_path")[3].as_py()).size == (32, 32)
@@ -107,3 +116,34 @@ def test_sdxl_with_a_stochastic_sampler_is_deterministic_across_batch_sizes(tiny
     b = generate_images(str(tiny_sdxl), ["a red circle"], str(tmp_path / "b"), batch_size=1, **kw)
     for x, y in zip(_pixels(a), _pixels(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_an_image_the_safety_checker_blacks_out_is_flagged(tiny_sd, tmp_path) -> None:
+    """SD v1.5's safety checker returns a black image for what it flags; the flag must reach the index.
+
+    The checker is diffusers' real StableDiffusionSafetyChecker (tiny random CLIP tower), saved into the
+    model directory and loaded by from_pretrained as SD v1.5's is, set to flag the first image drawn.
+    """
+    from components.evaluate.tiny_scorers import add_safety_checker, build_tiny_safety_checker
+
+    kw = dict(images_per_prompt=2, batch_size=4, scheduler="ddim", **FAST)
+    prompts = ["a red circle", "a blue square"]
+    plain = generate_images(str(tiny_sd), prompts, str(tmp_path / "plain"), **kw)
+    assert [r.safety_flagged for r in plain] == [False] * 4
+    images = [read_image(r.image_path) for r in plain]
+    checker, extractor = build_tiny_safety_checker(flag_images=images[:1], pass_images=images[1:])
+    checked = add_safety_checker(tiny_sd, tmp_path / "checked", checker, extractor)
+
+    out = generate_images(str(checked), prompts, str(tmp_path / "out"), **kw)
+    assert [(r.prompt_index, r.image_index, r.safety_flagged) for r in out] == [
+        (0, 0, True),
+        (0, 1, False),
+        (1, 0, False),
+        (1, 1, False),
+    ]
+    pixels, before = _pixels(out), _pixels(plain)
+    assert pixels[0].max() == 0  # what the checker put in place of the model's image
+    for x, y in zip(pixels[1:], before[1:], strict=True):
+        np.testing.assert_array_equal(x, y)
+    index = storage.read_parquet(str(tmp_path / "out" / "index.parquet"))
+    assert index.column("safety_flagged").to_pylist() == [True, False, False, False]

@@ -463,3 +463,78 @@ def test_scoring_holds_one_batch_of_decoded_images_at_a_time(tmp_path, tiny_sd, 
     assert result.n_images == 12 and len(LiveImageCounter.live_counts) == 6
     # 12 images were scored; never more than one batch of them was decoded at once.
     assert max(LiveImageCounter.live_counts) <= 2, LiveImageCounter.live_counts
+
+
+def test_safety_flagged_images_are_recorded_counted_and_their_prompts_excluded(
+    tmp_path, tiny_sd, tiny_sd_other, prompts_file
+) -> None:
+    """A candidate with SD v1.5's safety checker (diffusers' real class, tiny random tower, loaded from
+    the model directory) that blacks out one image: prompts in = compared + excluded with a reason."""
+    from components.evaluate.generate import read_image
+    from components.evaluate.tiny_scorers import add_safety_checker, build_tiny_safety_checker
+
+    common = dict(
+        images_per_prompt=2,
+        num_inference_steps=2,
+        scorers=["colour_match"],
+        scorer_models={},
+        gate={"primary_metric": "colour_match", "min_prompts": 3},
+    )
+    # First with a checker that flags nothing: the flag column is there, all False, nothing excluded.
+    quiet = add_safety_checker(tiny_sd, tmp_path / "quiet", *build_tiny_safety_checker())
+    first = tmp_path / "first"
+    run(_config(tmp_path, quiet, tiny_sd_other, prompts_file, None, output_dir=str(first), **common))
+    decision = json.loads((first / "decision.json").read_text())
+    assert decision["safety_flagged_images"] == {"candidate": 0, "baseline": 0}
+    assert (
+        decision["prompts_total"] == 3 and decision["n_prompts"] == 3 and decision["n_prompts_excluded"] == 0
+    )
+    scores = storage.read_parquet(str(first / "scores.parquet")).to_pandas()
+    assert scores["safety_flagged"].dtype == bool and not scores["safety_flagged"].any()
+
+    # Then a checker that flags the candidate's image 0 of prompt 1 (and none of its other images).
+    cand = scores[scores["model"] == "candidate"].sort_values(["prompt_index", "image_index"])
+    images = [read_image(p) for p in cand["image_path"]]
+    target = [
+        i
+        for i, (p, k) in enumerate(zip(cand["prompt_index"], cand["image_index"], strict=True))
+        if (p, k) == (1, 0)
+    ]
+    checker = build_tiny_safety_checker(
+        flag_images=[images[target[0]]], pass_images=[im for i, im in enumerate(images) if i != target[0]]
+    )
+    flagging = add_safety_checker(tiny_sd, tmp_path / "flagging", *checker)
+    out = tmp_path / "eval"
+    result = run(_config(tmp_path, flagging, tiny_sd_other, prompts_file, None, **common))
+
+    scores = storage.read_parquet(str(out / "scores.parquet")).to_pandas()
+    flagged = scores[scores["safety_flagged"]]
+    assert [
+        (m, p, i)
+        for m, p, i in zip(flagged["model"], flagged["prompt_index"], flagged["image_index"], strict=True)
+    ] == [("candidate", 1, 0)]
+    assert np.asarray(read_image(flagged["image_path"].iloc[0])).max() == 0
+    decision = json.loads((out / "decision.json").read_text())
+    assert decision["safety_flagged_images"] == {"candidate": 1, "baseline": 0}
+    assert (
+        decision["prompts_total"] == 3 and decision["n_prompts"] == 2 and decision["n_prompts_excluded"] == 1
+    )
+    assert decision["excluded_prompts"] == [
+        {
+            "prompt_index": 1,
+            "prompt": "a blue square",
+            "reason": "safety_checker_flagged",
+            "flagged_images": {"candidate": 1, "baseline": 0},
+        }
+    ]
+    # Too few prompts left: the gate's min_prompts fails it, naming the exclusion.
+    assert not result.passed and result.n_prompts == 2
+    assert any(
+        "only 2 prompts were compared (1 more excluded: 1 safety_checker_flagged)" in r
+        for r in result.reasons
+    )
+    assert json.loads((out / "metrics.json").read_text())["n_prompts_excluded"] == 1.0
+    report = (out / "report.html").read_text()
+    assert "3 prompts in, 2 compared, 1 excluded" in report
+    assert "safety checker flagged images: candidate 1, baseline 0" in report
+    assert "Prompts left out (1)" in report and "safety_checker_flagged" in report
