@@ -179,6 +179,11 @@ def run(config: EvaluateConfig) -> EvaluateResult:
             "reasons": [f"the evaluation started at {started_at} did not finish; failing closed"],
             "primary_metric": config.gate.primary_metric,
             "n_prompts": 0,
+            # Unknown until the prompts are read; the other counts are those of a run that scored nothing.
+            "prompts_total": None,
+            "n_prompts_excluded": 0,
+            "excluded_prompts": [],
+            "safety_flagged_images": {"candidate": 0, "baseline": 0},
             "candidate_model": config.candidate_model,
             "baseline_model": config.baseline_model,
             "baseline_version": config.baseline_version,
