@@ -14,7 +14,9 @@ yet) generate images for the same prompts from the same initial noise, so every 
 A prompt where the safety checker flagged (and blacked out) any image of either model is left out of
 every statistic and listed in ``Comparison.excluded`` with the reason ``safety_checker_flagged``: a black
 square scored as a model's work would skew the pair. Prompts scored = prompts compared + prompts excluded;
-the exclusions count against ``min_prompts`` like any missing prompt.
+the exclusions count against ``min_prompts`` like any missing prompt. Because exclusion alone would hide a
+candidate the checker flags far more often, the gate also fails when the candidate has flagged images on
+more prompts than the baseline, beyond ``GatePolicy.max_extra_safety_flagged_prompts``.
 
 ``decide`` is a pure function that fails closed: a missing metric, a NaN, too few prompts, prompts or image
 counts that differ between the two models, a scorer error, a model that could not be loaded, or any
@@ -67,6 +69,13 @@ class GatePolicy(StepConfig):
     )
     min_prompts: int = Field(
         20, ge=1, description="Fewest prompts the comparison must cover; fewer fails the gate."
+    )
+    max_extra_safety_flagged_prompts: int = Field(
+        0,
+        ge=0,
+        description="How many more prompts may have a safety-checker-flagged (blacked-out) image for the "
+        "candidate than for the baseline before the gate fails (0: the candidate may not be flagged on more "
+        "prompts than the model in production).",
     )
     floors: dict[str, float] = Field(
         default_factory=dict,
@@ -150,6 +159,11 @@ class GateDecision(BaseModel):
     metrics: dict[str, dict[str, Any]]
     confidence: float = 0.95
     excluded_prompts: list[dict[str, Any]] = Field(default_factory=list)
+    safety_flagged_prompts: dict[str, int] = Field(
+        default_factory=lambda: {"candidate": 0, "baseline": 0},
+        description="Per model, how many of the prompts both models were scored on had an image the safety "
+        "checker flagged.",
+    )
 
 
 def ci_label(confidence: float) -> str:
@@ -394,6 +408,16 @@ def _decide(
         reasons.append("no comparison of candidate and baseline scores was made")
     else:
         reasons.extend(comparison.mismatches)
+    flagged_prompts = _flagged_prompts(excluded)
+    extra_flagged = flagged_prompts["candidate"] - flagged_prompts["baseline"]
+    if extra_flagged > policy.max_extra_safety_flagged_prompts:
+        # Excluding flagged prompts keeps black squares out of the statistics, but on its own it would
+        # let a candidate that trips the safety checker far more often pass on the prompts left over.
+        reasons.append(
+            f"the safety checker flagged candidate images on {flagged_prompts['candidate']} prompts and "
+            f"baseline images on {flagged_prompts['baseline']}: {extra_flagged} more for the candidate, at "
+            f"most {policy.max_extra_safety_flagged_prompts} allowed (gate.max_extra_safety_flagged_prompts)"
+        )
     if comparison is not None and n_prompts < policy.min_prompts:
         reasons.append(
             f"only {n_prompts} prompts were compared{exclusion_note}; the policy needs at least "
@@ -464,7 +488,20 @@ def _decide(
         metrics={name: mc.model_dump() for name, mc in metrics.items()},
         confidence=float(policy.confidence),
         excluded_prompts=[e.model_dump() for e in excluded],
+        safety_flagged_prompts=flagged_prompts,
     )
+
+
+def _flagged_prompts(excluded: Sequence[ExcludedPrompt]) -> dict[str, int]:
+    """Per model, how many excluded prompts had at least one image the safety checker flagged."""
+    counts = {"candidate": 0, "baseline": 0}
+    for item in excluded:
+        if item.reason != SAFETY_CHECKER_FLAGGED:
+            continue
+        for model in counts:
+            if item.flagged_images.get(model, 0) > 0:
+                counts[model] += 1
+    return counts
 
 
 def _exclusion_note(excluded: Sequence[ExcludedPrompt]) -> str:

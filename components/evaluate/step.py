@@ -11,7 +11,8 @@ image with each configured scorer, compares the two models (``gate.compare``), a
   a non-finite number is written as null and its field listed under ``non_finite``; ``scheduler`` records
   the sampler each model actually used; ``prompts_total`` = ``n_prompts`` (compared) +
   ``n_prompts_excluded`` once both models were scored, each exclusion in ``excluded_prompts`` with its
-  reason, and ``safety_flagged_images`` counts the images each model's safety checker blacked out;
+  reason, ``safety_flagged_images`` counts the images each model's safety checker blacked out and
+  ``safety_flagged_prompts`` the prompts with at least one;
 - ``metrics.json``: a flat ``{name: float}`` for KFP ``Metrics`` (finite values only);
 - ``report.html``: one self-contained page for the person deciding whether to ship.
 
@@ -184,6 +185,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
             "n_prompts_excluded": 0,
             "excluded_prompts": [],
             "safety_flagged_images": {"candidate": 0, "baseline": 0},
+            "safety_flagged_prompts": {"candidate": 0, "baseline": 0},
             "candidate_model": config.candidate_model,
             "baseline_model": config.baseline_model,
             "baseline_version": config.baseline_version,
@@ -336,6 +338,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         "n_prompts_excluded": len(verdict.excluded_prompts),
         "excluded_prompts": verdict.excluded_prompts,
         "safety_flagged_images": safety_flagged_images,
+        "safety_flagged_prompts": verdict.safety_flagged_prompts,
         "candidate_model": config.candidate_model,
         "baseline_model": config.baseline_model,
         "baseline_version": config.baseline_version,

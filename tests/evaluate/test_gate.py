@@ -298,3 +298,61 @@ def test_prompts_with_a_safety_flagged_image_on_either_side_are_excluded_and_cou
         and "at least 23" in r
         for r in strict.reasons
     ), strict.reasons
+
+
+def _flagged_table(n_prompts: int, candidate_flagged: set[int], baseline_flagged: set[int]) -> pd.DataFrame:
+    """Two images per prompt, candidate 0.5 better on every unflagged image; a flagged image is black."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(n_prompts):
+        for i in range(2):
+            b = rng.normal(20, 1)
+            for model, value, flagged in (
+                ("candidate", b + 0.5, p in candidate_flagged),
+                ("baseline", b, p in baseline_flagged),
+            ):
+                rows.append(
+                    {
+                        "model": model,
+                        "prompt_index": p,
+                        "image_index": i,
+                        "prompt": f"p{p}",
+                        "pickscore": 5.0 if flagged else value,
+                        "safety_flagged": flagged,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_a_candidate_flagged_on_more_prompts_than_the_baseline_fails_the_gate() -> None:
+    """Review r6: flagged on 80/100 prompts (baseline none), it passed on the 20 prompts left over."""
+    df = _flagged_table(100, candidate_flagged=set(range(80)), baseline_flagged=set())
+    comparison = compare(df, ["pickscore"], POLICY)
+    verdict = decide(POLICY, comparison)
+    assert comparison.n_prompts == 20 and len(comparison.excluded) == 80
+    assert not verdict.passed
+    assert verdict.safety_flagged_prompts == {"candidate": 80, "baseline": 0}
+    assert any(
+        "flagged candidate images on 80 prompts and baseline images on 0" in r
+        and "gate.max_extra_safety_flagged_prompts" in r
+        for r in verdict.reasons
+    ), verdict.reasons
+    # The other checks all pass: the safety check alone fails it, and a policy allowing 80 more passes.
+    assert len(verdict.reasons) == 1
+    lenient = GatePolicy(min_prompts=20, max_extra_safety_flagged_prompts=80)
+    assert decide(lenient, comparison).passed
+
+
+def test_safety_flags_within_the_allowance_pass_and_the_counts_are_per_prompt() -> None:
+    # Candidate flagged on 3 prompts, baseline on 2 (one shared): 1 more, within an allowance of 1.
+    df = _flagged_table(30, candidate_flagged={0, 1, 2}, baseline_flagged={2, 3})
+    comparison = compare(df, ["pickscore"], POLICY)
+    assert comparison.n_prompts == 26
+    default = decide(POLICY, comparison)
+    assert not default.passed and default.safety_flagged_prompts == {"candidate": 3, "baseline": 2}
+    assert decide(GatePolicy(min_prompts=20, max_extra_safety_flagged_prompts=1), comparison).passed
+    # The baseline flagged more often than the candidate is no reason to fail.
+    fewer = compare(
+        _flagged_table(30, candidate_flagged=set(), baseline_flagged={0, 1}), ["pickscore"], POLICY
+    )
+    assert decide(POLICY, fewer).passed

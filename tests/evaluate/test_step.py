@@ -25,6 +25,7 @@ DECISION_KEYS = {
     "n_prompts_excluded",
     "excluded_prompts",
     "safety_flagged_images",
+    "safety_flagged_prompts",
     "candidate_model",
     "baseline_model",
     "baseline_version",
@@ -520,6 +521,7 @@ def test_safety_flagged_images_are_recorded_counted_and_their_prompts_excluded(
     assert np.asarray(read_image(flagged["image_path"].iloc[0])).max() == 0
     decision = json.loads((out / "decision.json").read_text())
     assert decision["safety_flagged_images"] == {"candidate": 1, "baseline": 0}
+    assert decision["safety_flagged_prompts"] == {"candidate": 1, "baseline": 0}
     assert (
         decision["prompts_total"] == 3 and decision["n_prompts"] == 2 and decision["n_prompts_excluded"] == 1
     )
@@ -533,6 +535,7 @@ def test_safety_flagged_images_are_recorded_counted_and_their_prompts_excluded(
     ]
     # Too few prompts left: the gate's min_prompts fails it, naming the exclusion.
     assert not result.passed and result.n_prompts == 2
+    assert any("gate.max_extra_safety_flagged_prompts" in r for r in result.reasons)
     assert any(
         "only 2 prompts were compared (1 more excluded: 1 safety_checker_flagged)" in r
         for r in result.reasons
