@@ -48,7 +48,9 @@ def list_checkpoints(checkpoint_dir: str) -> list[tuple[int, str]]:
         for uri in storage.list_files(checkpoint_dir):
             parent, _, name = uri.rpartition("/")
             match = _NAME.search(parent)
-            if name == MARKER and match:
+            # Only direct children, as locally: the listing is recursive, and a checkpoint under a
+            # sub-prefix (another run's <checkpoint_dir>/<run>/checkpoint-N) is not this directory's.
+            if name == MARKER and match and parent == storage.join(checkpoint_dir, match.group(0)):
                 found[int(match.group(1))] = parent
     else:
         root = Path(checkpoint_dir)
@@ -78,10 +80,72 @@ def resolve_resume(resume_from: str | None, checkpoint_dir: str) -> str | None:
     return resume_from
 
 
+def _data_hash_of(uri: str) -> str | None:
+    """The ``data_hash`` in a checkpoint's trainer_state.json (None when it cannot be read)."""
+    try:
+        return json.loads(storage.read_text(storage.join(uri, STATE_FILE))).get("data_hash")
+    except Exception:  # a checkpoint without a readable state is not known to hold this run's data
+        return None
+
+
+def resumed_step_in(checkpoint_dir: str, resume_uri: str | None, step: int) -> int | None:
+    """``step`` when ``resume_uri`` is a checkpoint directly in ``checkpoint_dir``; None otherwise."""
+    if not resume_uri:
+        return None
+    inside = any(uri.rstrip("/") == resume_uri.rstrip("/") for _, uri in list_checkpoints(checkpoint_dir))
+    if not inside and not storage.is_gcs(resume_uri):
+        own = {Path(uri).resolve() for _, uri in list_checkpoints(checkpoint_dir)}
+        inside = Path(resume_uri).resolve() in own
+    return step if inside else None
+
+
+def check_checkpoint_dir(checkpoint_dir: str, resumed_step: int | None, data_hash: str) -> None:
+    """Refuse, before training, a run whose checkpoints would mix with (or delete) another run's.
+
+    ``resumed_step``: the step of the checkpoint this run resumed from in ``checkpoint_dir`` (None: it did
+    not resume from one there). A run that did not resume from this directory may not write into one that
+    already holds checkpoints, whatever their data: its first save would either delete them (they are
+    "later") or, with keep-last-K pruning, be deleted in their favour, and ``resume_from=latest`` would pick
+    whichever is newest. Same data is refused too, rather than guessed to be a rewind: the user says which
+    by resuming (``latest`` or a checkpoint path in this directory) or by giving another checkpoint_dir.
+    A run resumed from a checkpoint here may overwrite the later ones (a rewind) only when they hold the
+    same training data.
+    """
+    found = list_checkpoints(checkpoint_dir)
+    if resumed_step is None:
+        if found:
+            raise ValueError(
+                f"checkpoint_dir {checkpoint_dir!r} already holds {len(found)} checkpoint(s) (steps "
+                f"{', '.join(str(s) for s, _ in found)}) and this run does not resume from one of them; "
+                "its checkpoints would delete or be mixed with them. Set resume_from to 'latest' (or a "
+                "checkpoint path in that directory) to continue that run, or point checkpoint_dir at an "
+                "empty directory for a new run."
+            )
+        return
+    other = [uri for s, uri in found if s > resumed_step and _data_hash_of(uri) != data_hash]
+    if other:
+        raise ValueError(
+            f"checkpoint_dir {checkpoint_dir!r}: checkpoint(s) after step {resumed_step} were written for other "
+            f"training data than this run's ({data_hash}): {', '.join(other)}; they are another run's. Point "
+            "checkpoint_dir at an empty directory for this run."
+        )
+
+
 def save_checkpoint(
-    accelerator: Any, checkpoint_dir: str, step: int, state: dict[str, Any], keep_last: int
+    accelerator: Any,
+    checkpoint_dir: str,
+    step: int,
+    state: dict[str, Any],
+    keep_last: int,
+    *,
+    resumed_step: int | None = None,
 ) -> str:
-    """Write the checkpoint of ``step`` atomically (every process must call this); returns its URI."""
+    """Write the checkpoint of ``step`` atomically (every process must call this); returns its URI.
+
+    ``resumed_step``: the step of the checkpoint in ``checkpoint_dir`` this run resumed from (None: it did
+    not resume from there). Only then are later checkpoints of the same data (``state["data_hash"]``) an
+    abandoned branch of this run, dropped; see :func:`drop_abandoned_branch`.
+    """
     name = checkpoint_name(step)
     remote = storage.is_gcs(checkpoint_dir)
     staging_root = storage.cache_root() / "checkpoint-staging" if remote else Path(checkpoint_dir)
@@ -94,7 +158,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     final = storage.join(checkpoint_dir, name)
     if accelerator.is_main_process:
-        drop_abandoned_branch(checkpoint_dir, step)
+        if resumed_step is not None:
+            drop_abandoned_branch(checkpoint_dir, step, data_hash=state.get("data_hash"))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         (staging / MARKER).write_text(str(step))
         if remote:
@@ -112,14 +177,20 @@ def save_checkpoint(
     return final
 
 
-def drop_abandoned_branch(checkpoint_dir: str, step: int) -> list[str]:
-    """Delete the complete checkpoints of steps after ``step``; returns their URIs.
+def drop_abandoned_branch(checkpoint_dir: str, step: int, *, data_hash: str | None = None) -> list[str]:
+    """Delete the complete checkpoints of steps after ``step`` (of training data ``data_hash`` only, when
+    given); returns their URIs.
 
-    A run that saves ``step`` while later checkpoints exist was rewound (``resume_from`` an older
-    checkpoint): those belong to the branch it abandoned. Left in place, keep-last-K pruning would delete
+    Called only for a run resumed from an older checkpoint of this directory (a rewind): later checkpoints
+    of the same data belong to the branch it abandoned. Left in place, keep-last-K pruning would delete
     this run's own checkpoints in their favour, and ``resume_from=latest`` would jump back to them.
+    Checkpoints of other data are never deleted here (:func:`check_checkpoint_dir` refuses them at start).
     """
-    later = [uri for s, uri in list_checkpoints(checkpoint_dir) if s > step]
+    later = [
+        uri
+        for s, uri in list_checkpoints(checkpoint_dir)
+        if s > step and (data_hash is None or _data_hash_of(uri) == data_hash)
+    ]
     for uri in later:
         storage.delete(uri)
     if later:

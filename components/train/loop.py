@@ -301,6 +301,12 @@ def train(config: TrainConfig) -> TrainResult:
     check_data_for_objective(data, config.objective, config.desirable_ratio)
     checkpoint_dir = config.resolved_checkpoint_dir()
     resume_uri = ckpt.resolve_resume(config.resume_from, checkpoint_dir)
+    resume_step = (
+        int(storage.read_json(storage.join(resume_uri, ckpt.STATE_FILE))["step"]) if resume_uri else 0
+    )
+    # Refused here, before any model is loaded, rather than at the first save (review round 2, finding 1).
+    resumed_here = ckpt.resumed_step_in(checkpoint_dir, resume_uri, resume_step)
+    ckpt.check_checkpoint_dir(checkpoint_dir, resumed_here, data.data_hash)
 
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -379,7 +385,7 @@ def train(config: TrainConfig) -> TrainResult:
             raise ValueError(
                 f"resume_from: checkpoint {resume_uri} was written for training data {state.get('data_hash')}, "
                 f"but this run's train_data ({config.train_data}) is {data.data_hash}. Point checkpoint_dir at "
-                "a directory of this run, or set resume_from to none to start fresh."
+                "an empty directory for a run on this data."
             )
         log.info("resumed from %s at step %d", resume_uri, global_step)
 
@@ -472,13 +478,23 @@ def train(config: TrainConfig) -> TrainResult:
                     stop = bool(accelerator.reduce(stop_t, reduction="sum").item() > 0)
             if stop:
                 last_checkpoint = ckpt.save_checkpoint(
-                    accelerator, checkpoint_dir, global_step, trainer_state(), config.keep_last_checkpoints
+                    accelerator,
+                    checkpoint_dir,
+                    global_step,
+                    trainer_state(),
+                    config.keep_last_checkpoints,
+                    resumed_step=resumed_here,
                 )
                 preempted = global_step < config.max_steps
                 break
             if config.checkpoint_every and global_step % config.checkpoint_every == 0:
                 last_checkpoint = ckpt.save_checkpoint(
-                    accelerator, checkpoint_dir, global_step, trainer_state(), config.keep_last_checkpoints
+                    accelerator,
+                    checkpoint_dir,
+                    global_step,
+                    trainer_state(),
+                    config.keep_last_checkpoints,
+                    resumed_step=resumed_here,
                 )
                 last_checkpoint_time = time.monotonic()
     bar.close()
