@@ -20,12 +20,14 @@ from typing import Any, Literal
 
 from components.promote.registry import (
     CANDIDATE,
+    FILES_DIGEST_TAG,
     PREVIOUS_PRODUCTION,
     PRODUCTION,
     Lease,
     ModelVersion,
     Registry,
     RegistryError,
+    files_digest,
     open_registry,
     storage_uri,
 )
@@ -45,6 +47,8 @@ from components.shared.telemetry import StepTelemetry, get_logger
 log = get_logger("promote")
 
 REPLACES = "promotion.replaces_version"
+#: sha256 of the decision.json a version's gate verdict came from (see ``decision_digest``).
+DECISION_DIGEST = "gate.decision_sha256"
 ROLLED_BACK = "rolled_back"
 ANONYMOUS_RUN = "local"
 METRIC_FIELDS = (
@@ -89,13 +93,22 @@ def decision_file(uri: str) -> str:
     return _absolute(path) or path
 
 
+def decision_digest(decision: dict[str, Any]) -> str:
+    """sha256 of a loaded decision.json's canonical JSON: which verdict, whatever path it was read from."""
+    canonical = json.dumps(decision, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def check_decision_matches(name: str, version: ModelVersion, decision: dict[str, Any], uri: str) -> None:
     """Refuse to promote ``version`` on a decision.json that did not evaluate it.
 
     The decision must name the model the version was registered from (its ``gate.candidate_model``,
     ``model_uri`` or ``candidate_model`` tag), and a version already judged by a gate may only be promoted
-    on that same decision, so a passing verdict about another model cannot carry a rejected one into
-    production.
+    on that same decision (the same content, ``gate.decision_sha256``: a path can be rewritten by a later
+    run), so a passing verdict about another model cannot carry a rejected one into production. A version
+    registered without a decision is promoted only when the files its decision evaluated are still the
+    version's files (``files_digest``); that is checked for a local ``candidate_model`` and refused for a
+    gs:// one, whose files would have to be downloaded to be checked.
     """
     evaluated = decision.get("candidate_model")
     tags = version.tags
@@ -107,12 +120,52 @@ def check_decision_matches(name: str, version: ModelVersion, decision: dict[str,
             f"{name!r} was registered from {origins or 'an unknown model'}; promote a version with the "
             "decision.json of its own evaluation"
         )
+    recorded_digest = tags.get(DECISION_DIGEST)
+    if recorded_digest is not None:
+        if recorded_digest != decision_digest(decision):
+            raise ConfigError(
+                f"decision={uri!r}: version {version.version} of {name!r} was judged by a different "
+                f"decision.json (gate={tags.get('gate')}, gate.decision_uri={tags.get('gate.decision_uri')!r}, "
+                f"{DECISION_DIGEST}={recorded_digest[:12]}…; this file's is "
+                f"{decision_digest(decision)[:12]}…); a version is promoted only on its own gate's decision. "
+                "Register the candidate again with the new decision instead."
+            )
+        return
     recorded = tags.get("gate.decision_uri")
-    if recorded is not None and decision_file(recorded) != decision_file(uri):
+    if recorded is not None:
+        # Registered before gate.decision_sha256 was recorded: the path is all there is to compare.
+        if decision_file(recorded) != decision_file(uri):
+            raise ConfigError(
+                f"decision={uri!r}: version {version.version} of {name!r} was already judged by "
+                f"gate.decision_uri={recorded!r} (gate={tags.get('gate')}); a version is promoted only on "
+                "its own gate's decision. Register the candidate again with the new decision instead."
+            )
+        return
+    _check_files_unchanged(name, version, str(evaluated), uri)
+
+
+def _check_files_unchanged(name: str, version: ModelVersion, evaluated: str, uri: str) -> None:
+    """For a version registered without a decision: the evaluated directory must hold the version's files."""
+    registered = version.tags.get(FILES_DIGEST_TAG)
+    if registered is None:
+        # Registered without a registration key (not by this step): nothing to compare the files with.
+        return
+    if storage.is_gcs(evaluated) or storage_uri(evaluated) != evaluated:
         raise ConfigError(
-            f"decision={uri!r}: version {version.version} of {name!r} was already judged by "
-            f"gate.decision_uri={recorded!r} (gate={tags.get('gate')}); a version is promoted only on its "
-            "own gate's decision. Register the candidate again with the new decision instead."
+            f"decision={uri!r}: version {version.version} of {name!r} was registered without a decision, "
+            f"and whether candidate_model={evaluated!r} still holds its files ({FILES_DIGEST_TAG}) cannot "
+            "be checked without downloading them; register the candidate with this decision instead "
+            "(promote without version=)"
+        )
+    local = Path(evaluated)
+    now = files_digest(storage.file_manifest(local)) if local.is_dir() else None
+    if now != registered:
+        raise ConfigError(
+            f"decision={uri!r} evaluated candidate_model={evaluated!r}, but "
+            + ("that directory is gone" if now is None else "the files there changed")
+            + f" since version {version.version} of {name!r} was registered from it ({FILES_DIGEST_TAG} "
+            f"{registered[:12]}…{'' if now is None else f', now {now[:12]}…'}); the decision did not "
+            "evaluate this version's files. Register the candidate again with this decision instead."
         )
 
 
@@ -123,6 +176,7 @@ def gate_tags(decision: dict[str, Any], decision_uri: str) -> dict[str, str]:
         "gate.reasons": json.dumps(list(decision.get("reasons") or [])),
         "gate.baseline_version": str(decision.get("baseline_version") or "none"),
         "gate.decision_uri": decision_uri,
+        DECISION_DIGEST: decision_digest(decision),
     }
     if decision.get("candidate_model"):
         # What the gate actually evaluated, to compare with the registered files' origin when auditing.
@@ -179,14 +233,10 @@ def registration_key(config: RegisterConfig, decision: dict[str, Any] | None) ->
     so files rewritten in place under the same key still become a new version. Timestamps the step adds
     (``registered_at``) and free-form tags are deliberately not part of it.
     """
-    decision_digest = None
-    if decision is not None:
-        canonical = json.dumps(decision, sort_keys=True, separators=(",", ":"), default=str)
-        decision_digest = hashlib.sha256(canonical.encode()).hexdigest()
     identity = {
         "pipeline_run_id": config.run_id(),
         "candidate_model": _absolute(config.candidate_model),
-        "decision_sha256": decision_digest,
+        "decision_sha256": None if decision is None else decision_digest(decision),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

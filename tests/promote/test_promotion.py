@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -357,7 +358,7 @@ def test_a_version_is_promoted_only_on_its_own_decision(
         promote(PromoteConfig(**cfg, version=bad.version, decision=other))
     # Same model name in the decision, but not the decision this version's gate recorded.
     relabelled = make_decision(tmp_path / "relabelled.json", passed=True, baseline_version=None)
-    with pytest.raises(ConfigError, match="already judged by gate.decision_uri"):
+    with pytest.raises(ConfigError, match="judged by a different decision.json"):
         promote(PromoteConfig(**cfg, version=bad.version, decision=relabelled))
     after = registry.get_version(model_name, bad.version).tags
     assert {k: v for k, v in after.items() if k.startswith("gate")} == before
@@ -378,3 +379,65 @@ def test_a_version_is_promoted_only_on_its_own_decision(
     assert promote(PromoteConfig(**cfg, version=plain, decision=decision)).promoted
     tags = registry.get_version(model_name, plain).tags
     assert tags["gate"] == "passed" and tags["gate.decision_uri"] == str(Path(decision).resolve())
+
+
+def test_a_rejected_version_is_not_promoted_on_a_new_decision_written_to_the_same_path(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """Review r5: run A's rejected candidate, then run B retrains into the same directory and writes a
+    passing decision to the same path; promoting A's version on it must be refused (gate.decision_sha256)."""
+    cfg = {"registry_uri": embedded_registry_uri, "model_name": model_name}
+    model, evaluation = tmp_path / "outputs" / "model", tmp_path / "outputs" / "eval"
+    make_model(model, seed=100)
+    make_decision(
+        evaluation / "decision.json", passed=False, baseline_version=None, candidate_model=str(model)
+    )
+    rejected = register_candidate(
+        RegisterConfig(**cfg, candidate_model=str(model), decision=str(evaluation), pipeline_run_id="A")
+    )
+    registry = open_registry(embedded_registry_uri)
+    recorded = registry.get_version(model_name, rejected.version).tags["gate.decision_sha256"]
+    assert len(recorded) == 64
+    # Run B: new files, a passing decision, both at the same paths as run A's.
+    shutil.rmtree(model)
+    make_model(model, seed=200)
+    make_decision(
+        evaluation / "decision.json", passed=True, baseline_version=None, candidate_model=str(model)
+    )
+    with pytest.raises(ConfigError, match="judged by a different decision.json") as err:
+        promote(PromoteConfig(**cfg, version=rejected.version, decision=str(evaluation), pipeline_run_id="B"))
+    assert recorded[:12] in str(err.value)
+    assert PRODUCTION not in registry.aliases(model_name)
+    assert registry.get_version(model_name, rejected.version).tags["gate"] == "rejected"
+
+
+def test_a_version_registered_without_a_decision_is_promoted_only_on_its_own_files(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """With no gate verdict to compare, the decision's candidate_model must still hold the version's files
+    (files_digest); a gs:// one cannot be checked without a download, so it is refused."""
+    cfg = {"registry_uri": embedded_registry_uri, "model_name": model_name}
+    model = make_model(tmp_path / "model", seed=1)
+    plain = register_candidate(RegisterConfig(**cfg, candidate_model=str(model))).version
+    (model / "extra.bin").write_bytes(b"retrained in place")
+    decision = make_decision(
+        tmp_path / "d.json", passed=True, baseline_version=None, candidate_model=str(model)
+    )
+    with pytest.raises(ConfigError, match="the files there changed since version"):
+        promote(PromoteConfig(**cfg, version=plain, decision=decision))
+    registry = open_registry(embedded_registry_uri)
+    assert PRODUCTION not in registry.aliases(model_name)
+    assert registry.get_version(model_name, plain).tags["gate"] == "unevaluated"
+
+    remote = make_model(tmp_path / "remote", seed=2)
+    on_gcs = register_candidate(
+        RegisterConfig(**cfg, candidate_model=str(remote), extra_tags={"candidate_model": "gs://b/run/model"})
+    ).version
+    gcs_decision = make_decision(
+        tmp_path / "g.json", passed=True, baseline_version=None, candidate_model="gs://b/run/model"
+    )
+    with pytest.raises(ConfigError, match="cannot be checked without downloading"):
+        promote(PromoteConfig(**cfg, version=on_gcs, decision=gcs_decision))
+
+    (model / "extra.bin").unlink()  # the registered files again: accepted
+    assert promote(PromoteConfig(**cfg, version=plain, decision=decision)).promoted
