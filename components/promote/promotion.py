@@ -517,8 +517,12 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
         current = registry.aliases(name).get(PRODUCTION)
         if current is not None and config.to_version is None and run_id != ANONYMOUS_RUN:
             tags = registry.get_version(name, current).tags
-            if tags.get("promotion.promoted_by") == "rollback" and tags.get("rollback.by_run") == run_id:
-                # A retried step (its first reply lost): this run already made this version production.
+            # Both are intent tags written before the commit write, so a step that died right after moving
+            # production is recognised too (promotion.promoted_by is written last and may be missing);
+            # requested_by_run tells it from a later promotion of the same version by another run.
+            if tags.get("rollback.by_run") == run_id and tags.get("promotion.requested_by_run") == run_id:
+                # A retried step (its first reply lost or it crashed past the commit): this run already
+                # made this version production.
                 return _rollback_done(
                     name, current, previous, f"run {run_id} already rolled back to {current}"
                 )

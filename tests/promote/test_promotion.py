@@ -206,7 +206,8 @@ def test_rollback_that_stopped_before_its_commit_is_repaired(
     embedded_registry_uri, model_name, tmp_path, make_model, make_decision
 ):
     """A rollback that tagged production rolled back and died before moving it: production did not move,
-    so the next locked operation clears the mark and a rollback still goes to the previous version."""
+    so the next locked operation, even one that is not a rollback, clears the mark; a rollback then
+    still goes to the previous version."""
     uri = embedded_registry_uri
     cfg = {"registry_uri": uri, "model_name": model_name}
     v1 = promote(
@@ -225,9 +226,70 @@ def test_rollback_that_stopped_before_its_commit_is_repaired(
     ).version
     registry = open_registry(uri)
     registry.set_tags(model_name, v2, {"rolled_back": "true"})  # the intent write, then nothing more
+    # A promotion evaluated against v1 takes the lock, finds production moved (a conflict), and leaves.
+    stale = promote(
+        PromoteConfig(
+            **cfg,
+            candidate_model=str(make_model(tmp_path / "m3", seed=3)),
+            decision=make_decision(tmp_path / "d3.json", passed=True, baseline_version=v1),
+        )
+    )
+    assert stale.outcome == "conflict" and registry.aliases(model_name)[PRODUCTION] == v2
+    assert registry.get_version(model_name, v2).tags["rolled_back"] == "false"
     back = rollback(RollbackConfig(**cfg))
     assert (back.production_before, back.production_after) == (v2, v1)
     assert registry.get_version(model_name, v2).tags["rolled_back"] == "true"
+
+
+def test_a_rollback_retried_after_it_crashed_past_its_commit_does_not_roll_back_again(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """Review r1: the step died after moving production but before promotion.promoted_by; its retry
+    (same pipeline run id) must change nothing, not roll back a second time."""
+    uri = embedded_registry_uri
+    cfg = {"registry_uri": uri, "model_name": model_name}
+    versions: list[str] = []
+    for seed in (1, 2, 3):
+        versions.append(
+            promote(
+                PromoteConfig(
+                    **cfg,
+                    candidate_model=str(make_model(tmp_path / f"m{seed}", seed=seed)),
+                    decision=make_decision(
+                        tmp_path / f"d{seed}.json",
+                        passed=True,
+                        baseline_version=versions[-1] if versions else None,
+                    ),
+                    pipeline_run_id=f"run-{seed}",
+                )
+            ).version
+        )
+    v1, v2, v3 = versions
+    registry = open_registry(uri)
+    # The writes rollback_impl makes for run rb-1 (v3 -> v2) up to and including its commit point, and
+    # previous-production; promotion.promoted_by and the replaced_* tags never came.
+    registry.set_tags(model_name, v3, {"rolled_back": "true", "rolled_back.by_run": "rb-1"})
+    registry.set_tags(
+        model_name,
+        v2,
+        {
+            "promotion.requested_by_run": "rb-1",
+            "rollback.by_run": "rb-1",
+            "rollback.from_version": v3,
+            "rollback.reason": "bad",
+        },
+    )
+    registry.set_alias(model_name, PRODUCTION, v2)
+    registry.set_alias(model_name, PREVIOUS_PRODUCTION, v1)
+    assert registry.get_version(model_name, v2).tags["promotion.promoted_by"] == "promote"
+
+    retry = rollback(RollbackConfig(**cfg, reason="bad", pipeline_run_id="rb-1"))
+    assert not retry.changed and retry.production_after == v2
+    assert registry.aliases(model_name)[PRODUCTION] == v2
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1
+    assert registry.get_version(model_name, v2).tags.get("rolled_back") != "true"
+    # Another run's rollback is a new one and goes on back.
+    assert rollback(RollbackConfig(**cfg, pipeline_run_id="rb-2")).production_after == v1
 
 
 def test_rejected_candidate_stays_registered_with_reasons(
