@@ -131,7 +131,9 @@ def register(app: typer.Typer) -> None:
     def rollback_command(
         model: str = typer.Option(..., "--model", help="Registered model name."),
         to: str | None = typer.Option(
-            None, "--to", help="Version to restore (default: previous-production)."
+            None,
+            "--to",
+            help="Version to restore (default: previous-production); a rolled-back version undoes its rollback.",
         ),
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
         reason: str | None = typer.Option(None, "--reason", help="Why (recorded on the restored version)."),

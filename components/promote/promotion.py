@@ -508,6 +508,8 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
     keeps the ``promotion.replaces_version`` it was promoted with, so rolling back again walks further
     back (v3 -> v2 -> v1) instead of toggling between the last two. A rollback that already happened
     (production is ``to_version``, or the same named pipeline run rolled back to production) changes nothing.
+    ``to_version`` naming a version that is itself rolled back is an undo: the version taken out is not
+    tagged rolled back and becomes ``previous-production``, so a later default rollback returns to it.
     """
     registry = _open(config)
     name = config.model_name
@@ -543,10 +545,15 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
             "rollback.from_version": str(current),
             "rollback.at": when,
         }
-        if REPLACES not in chosen.tags:
+        # --to a version a rollback took out is an undo of that rollback: current was not found bad, so it is
+        # not marked rolled back and stays the rollback target (it becomes what the target replaces).
+        undo = config.to_version is not None and is_rolled_back(chosen) and current is not None
+        if undo:
+            tags[REPLACES] = str(current)
+        elif REPLACES not in chosen.tags:
             # Never in production before: falling back from it goes where falling back from current would.
             tags[REPLACES] = previous if previous not in (None, target) else "none"
-        if current is not None:
+        if current is not None and not undo:
             # Intent, before the commit write: a crash before it is undone by repair_previous_production.
             registry.set_tags(
                 name,
@@ -562,8 +569,10 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
         move_production(registry, lease, name, target, current, run_id, "rollback", tags, previous=after)
     telemetry.counter("rollbacks_total", "Production rolled back").inc()
     message = (
-        f"production {current or 'nothing'} -> {target} (rollback); previous-production = {after or 'none'}"
-        + (f"; version {current} tagged rolled_back=true" if current else "")
+        f"production {current or 'nothing'} -> {target} (rollback"
+        + (f", undoing the rollback of {target}" if undo else "")
+        + f"); previous-production = {after or 'none'}"
+        + (f"; version {current} tagged rolled_back=true" if current and not undo else "")
     )
     log.info("%s: %s", name, message)
     return RollbackResult(
@@ -571,7 +580,7 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
         production_before=current,
         production_after=target,
         previous_production=after,
-        rolled_back_version=current,
+        rolled_back_version=None if undo else current,
         message=message,
     )
 

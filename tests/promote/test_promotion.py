@@ -135,13 +135,14 @@ def test_promotion_moves_aliases_and_rollback_restores(
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name))
 
-    # Rolling forward to an explicit version puts it back, and clears its rolled-back mark.
+    # Rolling forward to the rolled-back version undoes the rollback: its mark is cleared, and v1, which
+    # nobody found bad, is not marked and stays the rollback target.
     again = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
-    assert again.production_after == v2 and again.changed
+    assert again.production_after == v2 and again.changed and again.rolled_back_version is None
     assert registry.get_version(model_name, v2).tags["rolled_back"] == "false"
     assert registry.get_version(model_name, v2).tags["promotion.replaces_version"] == v1
-    # v1 was just taken out by that rollback, so a default rollback from v2 has nowhere to go.
-    assert PREVIOUS_PRODUCTION not in registry.aliases(model_name)
+    assert registry.get_version(model_name, v1).tags.get("rolled_back") != "true"
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1
     # The same explicit rollback retried (its reply lost) changes nothing.
     same = rollback(RollbackConfig(registry_uri=registry_uri, model_name=model_name, to_version=v2))
     assert (same.changed, same.production_after) == (False, v2) and "already production" in same.message
@@ -290,6 +291,49 @@ def test_a_rollback_retried_after_it_crashed_past_its_commit_does_not_roll_back_
     assert registry.get_version(model_name, v2).tags.get("rolled_back") != "true"
     # Another run's rollback is a new one and goes on back.
     assert rollback(RollbackConfig(**cfg, pipeline_run_id="rb-2")).production_after == v1
+
+
+def test_undoing_a_rollback_with_to_keeps_the_undone_version_as_the_rollback_target(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """Review r3: --to a rolled-back version is an undo and marks nothing; --to an older version that was
+    not rolled back is a rollback and marks production rolled back."""
+    uri = embedded_registry_uri
+    cfg = {"registry_uri": uri, "model_name": model_name}
+    versions: list[str] = []
+    for seed in (1, 2, 3):
+        versions.append(
+            promote(
+                PromoteConfig(
+                    **cfg,
+                    candidate_model=str(make_model(tmp_path / f"m{seed}", seed=seed)),
+                    decision=make_decision(
+                        tmp_path / f"d{seed}.json",
+                        passed=True,
+                        baseline_version=versions[-1] if versions else None,
+                    ),
+                )
+            ).version
+        )
+    v1, v2, v3 = versions
+    registry = open_registry(uri)
+    assert rollback(RollbackConfig(**cfg, reason="oops, wrong model")).production_after == v2
+    undo = rollback(RollbackConfig(**cfg, to_version=v3, reason="undo: v3 was fine"))
+    assert (undo.production_after, undo.rolled_back_version, undo.previous_production) == (v3, None, v2)
+    assert "undoing the rollback of" in undo.message
+    assert registry.get_version(model_name, v2).tags.get("rolled_back") != "true"
+    assert registry.get_version(model_name, v3).tags["rolled_back"] == "false"
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v2
+    # A later default rollback goes back to v2, as if the accidental one had never happened.
+    later = rollback(RollbackConfig(**cfg, reason="v3 really bad now"))
+    assert (later.production_after, later.rolled_back_version) == (v2, v3)
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v1
+
+    # --to an older version that was never rolled back is a rollback: production is marked.
+    assert rollback(RollbackConfig(**cfg, to_version=v3)).rolled_back_version is None  # undo again
+    older = rollback(RollbackConfig(**cfg, to_version=v1, reason="both bad"))
+    assert (older.production_after, older.rolled_back_version) == (v1, v3)
+    assert registry.get_version(model_name, v3).tags["rolled_back"] == "true"
 
 
 def test_rejected_candidate_stays_registered_with_reasons(
