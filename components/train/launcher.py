@@ -39,6 +39,11 @@ DEFAULT_RUNTIME = "dkto-torch-distributed"
 DEFAULT_RUNTIME_KIND = "TrainingRuntime"
 CONFIG_FILE = "train_config.yaml"
 RESULT_FILE = "train_result.json"
+# Seconds workers get to checkpoint after a SIGTERM before torchrun's agent SIGKILLs them. torchrun's own
+# default (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, torch/distributed/launcher/api.py) is 30 s, too short for an
+# SD v1.5 full fine-tune's 10-14 GB of state; k8s/base/training-runtime.yaml's terminationGracePeriodSeconds
+# is this plus a margin (tests/ops/test_k8s.py checks it).
+DEFAULT_SHUTDOWN_GRACE_S = 600
 
 
 class LaunchError(RuntimeError):
@@ -62,6 +67,10 @@ class LaunchPlan:
     env: dict[str, str] = field(default_factory=dict)
     trainjob: bool = False
     """Run as a TrainJob even on one node (the calling pod is a GPU-less launcher)."""
+    shutdown_grace_s: int = DEFAULT_SHUTDOWN_GRACE_S
+    """Seconds the workers get after a SIGTERM (preemption) to finish the optimizer step and write their
+    checkpoint before torchrun kills them (exported as TORCH_ELASTIC_SHUTDOWN_TIMEOUT). The pod's
+    terminationGracePeriodSeconds must be longer, or Kubernetes kills the pod first."""
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 0:
@@ -72,6 +81,8 @@ class LaunchPlan:
             raise LaunchError(f"num_nodes={self.num_nodes} needs gpus_per_node >= 1 (multi-node is GPU-only)")
         if self.trainjob and self.gpus_per_node < 1:
             raise LaunchError("a TrainJob launch needs gpus_per_node >= 1 (its workers are GPU nodes)")
+        if self.shutdown_grace_s < 1:
+            raise LaunchError(f"shutdown_grace_s must be >= 1 second, got {self.shutdown_grace_s}")
         if self.strategy not in STRATEGIES:
             raise LaunchError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
 
@@ -185,9 +196,12 @@ def launch_environment(
 
     Several processes without CUDA get ``ACCELERATE_USE_CPU=true``: accelerate 1.15 spawns several local
     processes only for its MULTI_GPU type, and without that variable each process would then look for a GPU
-    instead of joining a CPU (gloo) process group. ``plan.env`` wins over both.
+    instead of joining a CPU (gloo) process group. ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` is
+    ``plan.shutdown_grace_s``: how long torchrun's agent waits for the workers after forwarding a SIGTERM.
+    ``plan.env`` wins over all of them.
     """
     env = dict(os.environ if base is None else base)
+    env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(plan.shutdown_grace_s)
     if cuda_available is None:
         import torch
 
@@ -229,6 +243,10 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
             log.info("running %s", shlex.join(command))
             returncode = run_forwarding_sigterm(command, env=launch_environment(plan))
             if returncode != 0:
+                # torchrun's agent exits 1 after a forwarded SIGTERM even when the workers checkpointed and
+                # stopped cleanly: rank 0's result says whether this was a preemption.
+                if storage.exists(result_uri):
+                    _raise_if_preempted(TrainResult.model_validate(storage.read_json(result_uri)))
                 raise LaunchError(
                     f"accelerate launch across {plan.gpus_per_node} GPUs exited with code "
                     f"{returncode}; see the log above"
@@ -244,13 +262,17 @@ def launch(config: TrainConfig, plan: LaunchPlan | None = None) -> TrainResult:
         if not storage.exists(result_uri):
             raise LaunchError(f"training finished but wrote no result at {result_uri} (rank 0 writes it)")
         result = TrainResult.model_validate(storage.read_json(result_uri))
+    _raise_if_preempted(result)
+    return result
+
+
+def _raise_if_preempted(result: TrainResult) -> None:
+    """Fail a preempted run with its step and checkpoint: failing makes KFP retry the task, which resumes."""
     if result.preempted:
-        # Failing makes KFP retry the task; the retry resumes from result.last_checkpoint.
         raise LaunchError(
             f"training was preempted at step {result.steps}; checkpoint {result.last_checkpoint} "
             "is resumed on retry"
         )
-    return result
 
 
 def run_forwarding_sigterm(command: list[str], *, env: dict[str, str] | None = None) -> int:
@@ -382,7 +404,11 @@ def trainjob_request(config_uri: str, result_uri: str, plan: LaunchPlan, *, job_
             raise LaunchError(
                 f"{uri}: the nodes of a TrainJob cannot see this pod's disk; set checkpoint_root to gs://"
             )
-    env = {"DKTO_RUN_ID": os.environ.get("DKTO_RUN_ID", "local"), **plan.env}
+    env = {
+        "DKTO_RUN_ID": os.environ.get("DKTO_RUN_ID", "local"),
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(plan.shutdown_grace_s),
+        **plan.env,
+    }
     if os.environ.get("DKTO_PUSHGATEWAY"):
         env.setdefault("DKTO_PUSHGATEWAY", os.environ["DKTO_PUSHGATEWAY"])
     return TrainJobRequest(

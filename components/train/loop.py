@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,27 @@ def _telemetry(config: TrainConfig) -> tuple[StepTelemetry, dict[str, Any]]:
     return tel, gauges
 
 
+def _stop_vote(num_processes: int) -> Callable[[bool], bool]:
+    """A function ``vote(requested) -> bool``: whether any process was told to stop (SIGTERM).
+
+    Every process calls it after every optimizer step, so all of them stop at the same step. The vote
+    is a CPU all-reduce on a gloo group: on NCCL, a device tensor read back with ``.item()`` would make
+    the host wait for the GPU on every step. One process needs no vote.
+    """
+    if num_processes == 1:
+        return lambda requested: bool(requested)
+    import torch.distributed as dist
+
+    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def vote(requested: bool) -> bool:
+        flag = torch.tensor([1.0 if requested else 0.0])
+        dist.all_reduce(flag, group=group)
+        return bool(flag.item() > 0)
+
+    return vote
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run one training job end to end (see ``components.train.step.run``)."""
     from accelerate import Accelerator
@@ -410,6 +431,7 @@ def train(config: TrainConfig) -> TrainResult:
             "weights": "trainable" if config.use_lora else "full",
         }
 
+    stop_vote = _stop_vote(n_proc)
     figures = StepFigures(accelerator.device)
     last: dict[str, float] = {}
     last_checkpoint: str | None = None
@@ -447,9 +469,9 @@ def train(config: TrainConfig) -> TrainResult:
             if ema is not None:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             bar.update(1)
-            # With several processes the stop is decided only where every rank reaches the same collective
-            # (the logging steps): a rank that alone entered the all-reduce below would hang the others.
-            stop = flag.requested if n_proc == 1 else False
+            # Checked after every optimizer step (not only at logging steps): torchrun SIGKILLs the workers
+            # shutdown_grace_s after a SIGTERM (launcher.LaunchPlan), and the checkpoint must fit in it.
+            stop = stop_vote(flag.requested)
             if global_step % config.logging_steps == 0 or global_step == config.max_steps or stop:
                 last = figures.read()
                 figures.reset()
@@ -472,10 +494,6 @@ def train(config: TrainConfig) -> TrainResult:
                 if device_type == "cuda":
                     gauges["memory"].set(torch.cuda.max_memory_allocated())
                 log.debug("step %d %s", global_step, json.dumps(last))
-                if n_proc > 1:
-                    # Every process stops together when any of them was told to (one small all-reduce).
-                    stop_t = torch.tensor([1.0 if flag.requested else 0.0], device=accelerator.device)
-                    stop = bool(accelerator.reduce(stop_t, reduction="sum").item() > 0)
             if stop:
                 last_checkpoint = ckpt.save_checkpoint(
                     accelerator,

@@ -257,6 +257,20 @@ def test_training_runtime_runs_this_versions_trainer_image(overlay: str) -> None
     assert {"HF_HUB_OFFLINE": "1"}.items() <= {e["name"]: e.get("value") for e in container["env"]}.items()
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_training_nodes_outlive_the_workers_checkpoint_grace(overlay: str) -> None:
+    """Review round 2, finding 2: on preemption torchrun gives the workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+    to checkpoint, and the pod must not be killed before that (Kubernetes' default grace is 30 s)."""
+    from components.train.launcher import DEFAULT_SHUTDOWN_GRACE_S
+
+    (runtime,) = by_kind(build(overlay), "TrainingRuntime")
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == str(DEFAULT_SHUTDOWN_GRACE_S)
+    assert pod["terminationGracePeriodSeconds"] > DEFAULT_SHUTDOWN_GRACE_S
+
+
 def keeps(relabelings: list[dict], target: dict[str, str]) -> bool:
     """Prometheus' `keep` relabelings applied to one target's labels (absent labels are empty strings;
     source labels joined by ';'; the regex anchored at both ends)."""

@@ -291,22 +291,24 @@ def test_unpaired_reference_point_two_processes_batch_2_equal_one_process_batch_
 
 
 def test_preemption_seen_by_one_rank_stops_every_rank_together(trainer_root: Path, tiny_sd: Path) -> None:
-    """SIGTERM reaching one process first: all ranks stop at the next common logging step, one checkpoint.
+    """SIGTERM reaching one process first: all ranks stop after the next optimizer step, one checkpoint.
 
-    Before the fix, the preempted rank alone entered the stop all-reduce at a non-logging step while the
-    other was in DDP's gradient all-reduce, and the collectives went out of step (a hang or a crash).
+    Before the first fix, the preempted rank alone entered the stop all-reduce at a non-logging step while
+    the other was in DDP's gradient all-reduce, and the collectives went out of step (a hang or a crash).
+    Then the ranks agreed only at logging steps, which could be later than torchrun's SIGKILL (review
+    round 2, finding 2): now they vote after every optimizer step, so logging_steps=4 does not delay it.
     """
     import yaml
 
     folder = trainer_root / "preempt"
     path = _write_trainer_config(trainer_root, tiny_sd, folder, 2)
     config = yaml.safe_load(path.read_text())
-    config.update({"max_steps": 6, "logging_steps": 2})
+    config.update({"max_steps": 6, "logging_steps": 4})
     path.write_text(yaml.safe_dump(config))
     launch("train_one_rank_preempted", str(folder / "ranks"), str(path))
     figures = [read_rank(folder / "ranks", rank)[0] for rank in (0, 1)]
-    # Rank 1 is told to stop from step 1; the first step where both ranks agree is the logging step 2.
-    assert [f["steps"] for f in figures] == [2, 2]
+    # Rank 1 is told to stop from step 1; every rank stops right after that optimizer step.
+    assert [f["steps"] for f in figures] == [1, 1]
     assert all(f["preempted"] for f in figures)
     assert figures[0]["last_checkpoint"] == figures[1]["last_checkpoint"]
     assert (Path(figures[0]["last_checkpoint"]) / "trainer_state.json").exists()
