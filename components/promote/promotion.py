@@ -86,11 +86,19 @@ def _absolute(uri: str | None) -> str | None:
     return str(Path(uri).resolve())
 
 
+def _canonical(uri: str) -> str:
+    """``uri`` as the same file is named from anywhere: a KFP pod's ``/gcs/<bucket>/...`` (the GCS FUSE
+    mount KFP gives ``Artifact.path`` for gs:// artifacts) as ``gs://<bucket>/...``, local paths absolute."""
+    if uri.startswith("/gcs/") and len(uri) > len("/gcs/"):
+        return "gs://" + uri[len("/gcs/") :]
+    return _absolute(uri) or uri
+
+
 def decision_file(uri: str) -> str:
-    """The decision.json a ``decision`` setting names (the file or its directory), absolute when local, so
-    the same file given two ways compares equal."""
+    """The decision.json a ``decision`` setting names (the file or its directory), as ``_canonical`` names
+    it, so the same file given two ways (or from a pod and from a laptop) compares equal."""
     path = uri if uri.endswith(".json") else storage.join(uri, "decision.json")
-    return _absolute(path) or path
+    return _canonical(path)
 
 
 def decision_digest(decision: dict[str, Any]) -> str:
@@ -113,8 +121,8 @@ def check_decision_matches(name: str, version: ModelVersion, decision: dict[str,
     evaluated = decision.get("candidate_model")
     tags = version.tags
     origins = [tags[k] for k in ("gate.candidate_model", "model_uri", "candidate_model") if tags.get(k)]
-    known = set(origins) | {_absolute(o) for o in origins}
-    if not evaluated or not ({str(evaluated), _absolute(str(evaluated))} & known):
+    known = set(origins) | {_canonical(o) for o in origins}
+    if not evaluated or not ({str(evaluated), _canonical(str(evaluated))} & known):
         raise ConfigError(
             f"decision={uri!r} evaluated candidate_model={evaluated!r}, but version {version.version} of "
             f"{name!r} was registered from {origins or 'an unknown model'}; promote a version with the "
@@ -150,7 +158,7 @@ def _check_files_unchanged(name: str, version: ModelVersion, evaluated: str, uri
     if registered is None:
         # Registered without a registration key (not by this step): nothing to compare the files with.
         return
-    if storage.is_gcs(evaluated) or storage_uri(evaluated) != evaluated:
+    if storage.is_gcs(_canonical(evaluated)) or storage_uri(evaluated) != evaluated:
         raise ConfigError(
             f"decision={uri!r}: version {version.version} of {name!r} was registered without a decision, "
             f"and whether candidate_model={evaluated!r} still holds its files ({FILES_DIGEST_TAG}) cannot "

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from components.promote.promotion import promote_impl
+from components.promote.promotion import check_decision_matches, decision_file, gate_tags, promote_impl
 from components.promote.registry import (
     CANDIDATE,
     PREVIOUS_PRODUCTION,
     PRODUCTION,
+    ModelVersion,
     RegistryError,
     open_registry,
     storage_uri,
@@ -547,3 +548,19 @@ def test_a_version_registered_without_a_decision_is_promoted_only_on_its_own_fil
 
     (model / "extra.bin").unlink()  # the registered files again: accepted
     assert promote(PromoteConfig(**cfg, version=plain, decision=decision)).promoted
+
+
+def test_a_decision_recorded_from_a_pods_gcs_mount_matches_its_gs_uri() -> None:
+    """Review r9: on a cluster the register step reads decision.json through KFP's /gcs/<bucket>/ mount;
+    a later promote from a laptop names the same file gs://<bucket>/... and must be accepted."""
+    pod_path = "/gcs/bkt/root/run-7/evaluate-candidate/evaluation"
+    gs_uri = "gs://bkt/root/run-7/evaluate-candidate/evaluation"
+    assert decision_file(pod_path) == decision_file(gs_uri) == f"{gs_uri}/decision.json"
+    decision = {"passed": True, "reasons": [], "baseline_version": "3", "candidate_model": "/gcs/bkt/m"}
+    # Tags of a version registered before gate.decision_sha256 existed: the path is all there is.
+    tags = {k: v for k, v in gate_tags(decision, pod_path).items() if k != "gate.decision_sha256"}
+    tags["candidate_model"] = "gs://bkt/m"
+    version = ModelVersion(name="m", version="4", source="", files_uri="", aliases=[], tags=tags)
+    check_decision_matches("m", version, {**decision, "candidate_model": "gs://bkt/m"}, gs_uri)
+    with pytest.raises(ConfigError, match="already judged by gate.decision_uri"):
+        check_decision_matches("m", version, decision, "gs://bkt/root/run-8/evaluate-candidate/evaluation")
