@@ -488,24 +488,32 @@ CRON_RANGES: tuple[tuple[str, int, int, dict[str, int]], ...] = (
 )
 CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 # A Go time.ParseDuration string, as `@every` takes: one or more <number><unit>, e.g. 24h, 1h30m, 90s.
-GO_DURATION = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
+# ASCII digits only: Python's \d and str.isdigit() also take other scripts' digits, which Go rejects.
+GO_DURATION = re.compile(r"(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|ms|s|m|h))+")
+CRON_EVERY = "@every "
+_NUMBER = re.compile(r"[0-9]+")
 
 
 def validate_cron(expression: str) -> str:
     """Check a KFP cron expression as KFP's parser would read it: six fields (seconds minutes hours
-    day-of-month month day-of-week), or a descriptor such as ``@daily`` or ``@every 24h``."""
-    stripped = expression.strip()
-    if stripped.startswith("@"):
-        if stripped in CRON_DESCRIPTORS:
+    day-of-month month day-of-week), or a descriptor such as ``@daily`` or ``@every 24h``.
+
+    Descriptors are compared as given, unstripped: robfig/cron (KFP's parser) takes a descriptor only when
+    the string starts with '@', matches it exactly, and parses ``spec[len("@every "):]`` as the duration,
+    so " @daily" or "@every  24h" fail there.
+    """
+    if expression.lstrip().startswith("@"):
+        if expression in CRON_DESCRIPTORS:
             return expression
-        every = stripped.removeprefix("@every").strip()
-        if stripped.startswith("@every ") and GO_DURATION.match(every) and re.search(r"[1-9]", every):
+        every = expression[len(CRON_EVERY) :]
+        if expression.startswith(CRON_EVERY) and GO_DURATION.fullmatch(every) and re.search(r"[1-9]", every):
             return expression
         raise ConfigError(
             f"cron {expression!r}: not a descriptor KFP knows; use one of {', '.join(CRON_DESCRIPTORS)} "
-            "or '@every <duration>' (e.g. @every 24h, @every 1h30m)"
+            "or '@every <duration>' (e.g. @every 24h, @every 1h30m), with no space before or after it "
+            "and one space after @every"
         )
-    fields = stripped.split()
+    fields = expression.split()
     if len(fields) != CRON_FIELDS:
         raise ConfigError(
             f"cron {expression!r} has {len(fields)} fields; KFP needs 6 with seconds first, "
@@ -525,14 +533,14 @@ def validate_cron(expression: str) -> str:
 def _cron_part_problem(part: str, low: int, high: int, names: dict[str, int]) -> str | None:
     """Why one comma-separated part of a cron field is invalid, or None when robfig/cron accepts it."""
     range_part, slash, step = part.partition("/")
-    if slash and (not step.isdigit() or int(step) == 0):
+    if slash and (not _NUMBER.fullmatch(step) or int(step) == 0):
         return f"step {step!r} must be a positive whole number"
     if range_part in ("*", "?"):
         return None
     start_text, dash, end_text = range_part.partition("-")
     bounds = []
     for text in (start_text, end_text) if dash else (start_text,):
-        number = names.get(text.upper()) if not text.isdigit() else int(text)
+        number = int(text) if _NUMBER.fullmatch(text) else names.get(text.upper())
         if number is None:
             return f"{text!r} is not a number{' or a name' if names else ''}"
         if not low <= number <= high:

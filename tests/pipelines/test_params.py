@@ -98,6 +98,7 @@ def test_localize_makes_local_roots_and_sqlite_absolute(
         "0 0 3 ? * sun",
         "0 0 3 1,15 JAN-jun/2 *",
         "30 5/10 0-23/6 31 12 0,6",
+        " 0 0 3 * * * ",  # six fields: robfig/cron splits on whitespace
     ],
 )
 def test_valid_cron(cron: str) -> None:
@@ -126,6 +127,15 @@ def test_valid_cron(cron: str) -> None:
         ("@every", "not a descriptor"),
         ("@every 24", "not a descriptor"),
         ("@every 0s", "not a descriptor"),
+        # Review round 2, finding 3: what KFP's robfig/cron rejects and the check used to pass (or crash on).
+        (" @daily", "not a descriptor KFP knows"),
+        ("@daily ", "not a descriptor KFP knows"),
+        ("@every  24h", "not a descriptor KFP knows"),
+        ("@every 24h ", "not a descriptor KFP knows"),
+        ("@every ٣h", "not a descriptor KFP knows"),
+        ("0 0 3 * * \u0663", "day-of-week field '\u0663'"),
+        ("0 0 \u00b2 * * *", "hours field '\u00b2'"),
+        ("0 */\u0663 3 * * *", "step '\u0663' must be a positive"),
     ],
 )
 def test_invalid_cron(cron: str, message: str) -> None:
