@@ -142,11 +142,31 @@ def _client(host: str, namespace: str | None) -> Any:
     return kfp.Client(host=host, namespace=namespace) if namespace else kfp.Client(host=host)
 
 
+def _read_params(config: str | None, overrides: list[str]) -> PipelineParams:
+    """``load_params`` of ``--config FILE``; a file that cannot be read is the user's input (ConfigError)."""
+    from components.shared.storage import StorageError
+
+    try:
+        return load_params(config, overrides)
+    except StorageError as err:
+        raise ConfigError(f"--config {config}: cannot read it ({err})") from err
+
+
+def _read_cluster(settings_file: str | None) -> ClusterSettings:
+    """``--cluster FILE`` (or the defaults); a file that cannot be read is the user's input (ConfigError)."""
+    from components.shared.storage import StorageError
+
+    try:
+        return ClusterSettings.from_yaml(settings_file)
+    except StorageError as err:
+        raise ConfigError(f"--cluster {settings_file}: cannot read it ({err})") from err
+
+
 def _compiled_package(settings_file: str | None) -> str:
     """Compile the pipeline with the cluster settings (``--cluster FILE`` or the defaults) to a temp file."""
     import tempfile
 
-    settings = ClusterSettings.from_yaml(settings_file)
+    settings = _read_cluster(settings_file)
     out = Path(tempfile.mkdtemp(prefix="dkto-")) / "pipeline.yaml"
     return str(compile_pipeline(out, settings))
 
@@ -162,7 +182,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Compile the diffusion-kto-retrain pipeline to KFP YAML (upload it in the KFP UI)."""
-        path = compile_pipeline(out, ClusterSettings.from_yaml(cluster))
+        path = compile_pipeline(out, _read_cluster(cluster))
         typer.echo(f"compiled diffusion-kto-retrain -> {path}")
 
     @app.command("run")
@@ -180,7 +200,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 "`dkto run` runs locally only: add --local (use `dkto submit` for a cluster)"
             )
-        params = load_params(config, overrides)
+        params = _read_params(config, overrides)
         try:
             summary = run_local(params)
         except RuntimeError as err:
@@ -219,7 +239,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Submit one run of the pipeline to a Kubeflow Pipelines cluster."""
-        params = load_params(config, overrides)
+        params = _read_params(config, overrides)
         # Checked before the client exists: kfp.Client contacts the host (healthz) as it is made.
         arguments = cluster_arguments(params, pushgateway)
         package = _compiled_package(cluster)
@@ -270,8 +290,12 @@ def register(app: typer.Typer) -> None:
         allow one run at a time, so runs could overlap on the same registry), unless ``--replace``.
         """
         validate_cron(cron)
-        params = load_params(config, overrides)
+        params = _read_params(config, overrides)
         arguments = cluster_arguments(params, pushgateway)
+        # Compiled before the client exists: kfp.Client contacts the host as it is made, and a bad cluster
+        # file must be refused before anything (the experiment included) is created there. Also, the new
+        # schedule exists before the old one goes: a refused create never leaves no schedule at all.
+        package = _compiled_package(cluster)
         client = _client(host, namespace)
         experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
         existing = _recurring_runs_named(client, experiment_id, job_name)
@@ -280,9 +304,6 @@ def register(app: typer.Typer) -> None:
                 f"experiment {experiment!r} already has a recurring run named {job_name!r} "
                 f"({', '.join(existing)}); pass --replace to swap it, or --name for a second schedule"
             )
-        # The new schedule exists before the old one goes: a bad cluster file or a refused create must
-        # never leave the pipeline with no schedule at all.
-        package = _compiled_package(cluster)
         job = client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=job_name,

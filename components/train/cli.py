@@ -18,9 +18,15 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Fine-tune a diffusion model on liked/disliked images (Diffusion-KTO) and write the model."""
+        from components.shared.config import ConfigError
+        from components.shared.storage import StorageError
         from components.train.step import TrainConfig, run
 
-        cfg = TrainConfig.from_yaml(config, overrides)
+        try:
+            cfg = TrainConfig.from_yaml(config, overrides)
+        except StorageError as err:
+            # The user's input: `dkto` prints a ConfigError as one line (pipelines/cli.py main).
+            raise ConfigError(f"--config {config}: cannot read it ({err})") from err
         result = run(cfg)
         if result.preempted:
             typer.echo(f"stopped by SIGTERM at step {result.steps}; resumable from {result.last_checkpoint}")

@@ -265,3 +265,58 @@ def test_a_config_error_is_one_line_on_stderr_with_exit_code_2(
     assert captured.err.startswith("error: "), captured.err
     assert "Traceback" not in captured.err
     assert len(captured.err.strip().splitlines()) <= 3, captured.err
+
+
+def test_schedule_checks_the_cluster_file_before_contacting_the_cluster(
+    kfp_host: tuple[str, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review round 2, finding 4: schedule compiled after creating the KFP client and the experiment."""
+    host, requests = kfp_host
+    bad_cluster = tmp_path / "cluster.yaml"
+    bad_cluster.write_text("train_retries: -1\n")
+    code = _main(
+        monkeypatch, "schedule", "--cron", "@daily", "--host", host, *_sets(), "--cluster", str(bad_cluster)
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: invalid ClusterSettings"), err
+    assert "train_retries" in err and "Traceback" not in err
+    assert requests == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "--host", "http://127.0.0.1:9", "--config", "{missing}"],
+        ["schedule", "--cron", "@daily", "--host", "http://127.0.0.1:9", "--config", "{missing}"],
+        ["run", "--local", "--config", "{missing}"],
+        ["submit", "--host", "http://127.0.0.1:9", *_sets(), "--cluster", "{missing}"],
+        ["schedule", "--cron", "@daily", "--host", "http://127.0.0.1:9", *_sets(), "--cluster", "{missing}"],
+        ["compile", "--cluster", "{missing}", "--out", "{tmp}/pipeline.yaml"],
+        ["train", "--config", "{missing}"],
+    ],
+    ids=[
+        "submit-config",
+        "schedule-config",
+        "run-config",
+        "submit-cluster",
+        "schedule-cluster",
+        "compile",
+        "train",
+    ],
+)
+def test_a_mistyped_input_file_is_one_line_on_stderr_with_exit_code_2(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review round 2, finding 4: a --config/--cluster path that does not exist raised StorageError with a
+    traceback; it is the user's input, named with its option."""
+    missing = str(tmp_path / "no-such.yaml")
+    code = _main(monkeypatch, *(arg.format(tmp=tmp_path, missing=missing) for arg in args))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    option = "--cluster" if "--cluster" in args else "--config"
+    assert err.startswith(f"error: {option} {missing}: cannot read it"), err
+    assert "no such file" in err and "Traceback" not in err
