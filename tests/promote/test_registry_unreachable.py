@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import pytest
-from conftest import LossyProxy, free_port
 
 from components.promote.registry import PRODUCTION, RegistryError, open_registry
 from components.promote.step import resolve_production
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (not imported from conftest: the name is ambiguous
+    when several test folders run in one session)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -29,7 +39,7 @@ def test_wrong_server_path_is_an_error(mlflow_server: str, no_client_retries: No
         resolve_production(mlflow_server + "/not-mlflow", "diffusion-kto", "gs://bucket/base")
 
 
-def test_server_error_is_an_error(lossy_proxy: LossyProxy, model_name: str, no_client_retries: None) -> None:
+def test_server_error_is_an_error(lossy_proxy: Any, model_name: str, no_client_retries: None) -> None:
     lossy_proxy.lose("/api/2.0/mlflow/registered-models/get", "refuse")
     with pytest.raises(RegistryError, match="could not read model"):
         open_registry(lossy_proxy.url).get_alias(model_name, PRODUCTION)
