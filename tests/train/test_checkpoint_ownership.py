@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_manifest
 
 from components.shared import storage
 from components.train import checkpoint as ckpt
@@ -29,13 +28,13 @@ def _fake_checkpoint(root: Path, step: int, data_hash: str) -> None:
 
 @pytest.mark.slow
 def test_a_fresh_run_on_other_data_refuses_before_deleting_another_runs_checkpoints(
-    tmp_path: Path, make_config: Callable[..., Any]
+    tmp_path: Path, make_config: Callable[..., Any], manifest_writer: Callable[..., Path]
 ) -> None:
     ckpt_dir = tmp_path / "shared-ckpts"
     run(make_config(checkpoint_dir=str(ckpt_dir), max_steps=4, checkpoint_every=2))
     assert [s for s, _ in ckpt.list_checkpoints(str(ckpt_dir))] == [2, 4]
 
-    other = write_manifest(tmp_path / "data-b", seed=1, n_prompts=3)
+    other = manifest_writer(tmp_path / "data-b", seed=1, n_prompts=3)
     b = {"train_data": str(other), "output_dir": str(tmp_path / "out-b"), "checkpoint_dir": str(ckpt_dir)}
     with pytest.raises(ValueError, match="written for training data") as refused:
         run(make_config(**b, resume_from="latest", max_steps=4))
