@@ -202,7 +202,8 @@ class TrainConfig(StepConfig):
     resume_from: str | None = Field(
         default=None,
         description="'latest' (newest complete checkpoint in checkpoint_dir, or a fresh start when there is "
-        "none) or a checkpoint path to continue from.",
+        "none) or a checkpoint path to continue from. Unset: a fresh start, refused when checkpoint_dir "
+        "already holds checkpoints (they would be deleted or mixed with this run's).",
     )
     seed: int = Field(default=0, description="Seed of sampling, noise, timesteps, dropout and flips.")
 

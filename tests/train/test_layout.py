@@ -102,12 +102,17 @@ def test_sampler_refuses_a_rank_outside_the_world() -> None:
 def test_multi_process_launch_without_cuda_uses_the_cpu_backend() -> None:
     plan = LaunchPlan(gpus_per_node=2, env={"DKTO_RUN_ID": "r1"})
     env = launch_environment(plan, cuda_available=False, base={"PATH": "/bin"})
-    assert env == {"PATH": "/bin", "ACCELERATE_USE_CPU": "true", "DKTO_RUN_ID": "r1"}
+    assert env == {
+        "PATH": "/bin",
+        "ACCELERATE_USE_CPU": "true",
+        "DKTO_RUN_ID": "r1",
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600",  # LaunchPlan.shutdown_grace_s (review round 2, finding 2)
+    }
 
 
 def test_gpu_and_single_process_launches_leave_the_backend_alone() -> None:
     gpu = launch_environment(LaunchPlan(gpus_per_node=8), cuda_available=True, base={"PATH": "/bin"})
-    assert gpu == {"PATH": "/bin"}
+    assert gpu == {"PATH": "/bin", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}
     single = launch_environment(LaunchPlan(gpus_per_node=1), cuda_available=False, base={})
     assert "ACCELERATE_USE_CPU" not in single
     # The plan's own environment has the last word.
