@@ -44,7 +44,10 @@ class StepConfig(BaseModel):
         if uri:
             from components.shared import storage
 
-            text = storage.read_text(uri)
+            try:
+                text = storage.read_text(uri)
+            except storage.StorageError as err:
+                raise ConfigError(f"{uri}: cannot read the config file ({err})") from err
             loaded = yaml.safe_load(text) or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(

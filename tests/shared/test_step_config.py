@@ -63,3 +63,21 @@ def test_top_level_must_be_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         Example.from_yaml(str(path))
+
+
+def test_a_config_file_that_cannot_be_read_is_a_config_error_naming_it(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the config file"):
+        Example.from_yaml(str(missing))
+
+
+@pytest.mark.parametrize("step", ["ingest", "label", "evaluate", "promote"])
+def test_step_commands_print_one_line_for_a_missing_config_file(tmp_path, step):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, [step, "--config", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "missing.yaml: cannot read the config file" in result.output
+    assert "Traceback" not in result.output
