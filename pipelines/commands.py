@@ -143,23 +143,13 @@ def _client(host: str, namespace: str | None) -> Any:
 
 
 def _read_params(config: str | None, overrides: list[str]) -> PipelineParams:
-    """``load_params`` of ``--config FILE``; a file that cannot be read is the user's input (ConfigError)."""
-    from components.shared.storage import StorageError
-
-    try:
-        return load_params(config, overrides)
-    except StorageError as err:
-        raise ConfigError(f"--config {config}: cannot read it ({err})") from err
+    """``load_params`` of ``--config FILE``; a file that cannot be read is a ConfigError naming it (from_yaml)."""
+    return load_params(config, overrides)
 
 
 def _read_cluster(settings_file: str | None) -> ClusterSettings:
-    """``--cluster FILE`` (or the defaults); a file that cannot be read is the user's input (ConfigError)."""
-    from components.shared.storage import StorageError
-
-    try:
-        return ClusterSettings.from_yaml(settings_file)
-    except StorageError as err:
-        raise ConfigError(f"--cluster {settings_file}: cannot read it ({err})") from err
+    """``--cluster FILE`` (or the defaults); a file that cannot be read is a ConfigError naming it (from_yaml)."""
+    return ClusterSettings.from_yaml(settings_file)
 
 
 def _compiled_package(settings_file: str | None) -> str:

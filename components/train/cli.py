@@ -18,15 +18,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Fine-tune a diffusion model on liked/disliked images (Diffusion-KTO) and write the model."""
-        from components.shared.config import ConfigError
-        from components.shared.storage import StorageError
         from components.train.step import TrainConfig, run
 
-        try:
-            cfg = TrainConfig.from_yaml(config, overrides)
-        except StorageError as err:
-            # The user's input: `dkto` prints a ConfigError as one line (pipelines/cli.py main).
-            raise ConfigError(f"--config {config}: cannot read it ({err})") from err
+        # A file that cannot be read is a ConfigError naming it, which `dkto` prints as one line (pipelines/cli.py).
+        cfg = TrainConfig.from_yaml(config, overrides)
         result = run(cfg)
         if result.preempted:
             typer.echo(f"stopped by SIGTERM at step {result.steps}; resumable from {result.last_checkpoint}")

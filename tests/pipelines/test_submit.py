@@ -317,6 +317,5 @@ def test_a_mistyped_input_file_is_one_line_on_stderr_with_exit_code_2(
     code = _main(monkeypatch, *(arg.format(tmp=tmp_path, missing=missing) for arg in args))
     err = capsys.readouterr().err
     assert code == 2, err
-    option = "--cluster" if "--cluster" in args else "--config"
-    assert err.startswith(f"error: {option} {missing}: cannot read it"), err
+    assert err.startswith(f"error: {missing}: cannot read the config file"), err
     assert "no such file" in err and "Traceback" not in err
