@@ -44,11 +44,15 @@ class StepConfig(BaseModel):
         if uri:
             from components.shared import storage
 
+            # Everything that can go wrong with the user's file is their input: one ConfigError naming it.
             try:
                 text = storage.read_text(uri)
-            except storage.StorageError as err:
+            except (storage.StorageError, OSError, UnicodeDecodeError) as err:
                 raise ConfigError(f"{uri}: cannot read the config file ({err})") from err
-            loaded = yaml.safe_load(text) or {}
+            try:
+                loaded = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{uri}: not valid YAML ({' '.join(str(err).split())})") from err
             if not isinstance(loaded, dict):
                 raise ConfigError(
                     f"{uri}: expected a YAML mapping at the top level, got {type(loaded).__name__}"

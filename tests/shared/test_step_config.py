@@ -65,10 +65,24 @@ def test_top_level_must_be_mapping(tmp_path):
         Example.from_yaml(str(path))
 
 
-def test_a_config_file_that_cannot_be_read_is_a_config_error_naming_it(tmp_path):
-    missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the config file"):
-        Example.from_yaml(str(missing))
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nope.yaml", None, "cannot read the config file"),
+        ("adir", "dir", "cannot read the config file"),
+        ("bin.yaml", b"\xff\xfe", "cannot read the config file"),
+        ("bad.yaml", b"beta: [1, 2\n", "not valid YAML"),
+    ],
+    ids=["missing", "a-folder", "not-utf8", "bad-yaml"],
+)
+def test_a_config_file_that_cannot_be_read_is_a_config_error_naming_it(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"{name}: {message}"):
+        Example.from_yaml(str(path))
 
 
 @pytest.mark.parametrize("step", ["ingest", "label", "evaluate", "promote"])
