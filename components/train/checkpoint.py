@@ -150,13 +150,23 @@ def save_checkpoint(
     remote = storage.is_gcs(checkpoint_dir)
     staging_root = storage.cache_root() / "checkpoint-staging" if remote else Path(checkpoint_dir)
     staging = staging_root / f".tmp-{name}"
-    if accelerator.is_main_process:
+    # gs://: each node stages on its own disk, so each node's first process owns its staging folder (every
+    # rank writes files of its own there: its RNG state, DeepSpeed's optimizer shards). A local
+    # checkpoint_dir is one folder all processes share.
+    owns_staging = accelerator.is_local_main_process if remote else accelerator.is_main_process
+    if owns_staging:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)
     accelerator.wait_for_everyone()
     final = storage.join(checkpoint_dir, name)
+    if remote and owns_staging and not accelerator.is_main_process:
+        # Another node's share goes up before node 0 writes the marker that makes the checkpoint complete.
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            storage.upload_file(path, storage.join(final, path.relative_to(staging).as_posix()))
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if resumed_step is not None:
             drop_abandoned_branch(checkpoint_dir, step, data_hash=state.get("data_hash"))

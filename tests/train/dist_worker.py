@@ -13,6 +13,7 @@ Modes:
                           2 samples per rank, and the same step taken by one process on all 4 samples.
     train OUT CONFIG      the real trainer (``components.train.step.run``) on a TrainConfig YAML; rank 0
                           writes the result, every rank writes its final UNet weights.
+    checkpoint_to OUT DIR ``save_checkpoint`` of a small model into DIR (the multi-node checkpoint test).
 """
 
 from __future__ import annotations
@@ -243,6 +244,30 @@ def train_one_rank_preempted(out_dir: Path, config_path: str) -> None:
     )
 
 
+def checkpoint_to(out_dir: Path, checkpoint_dir: str) -> None:
+    """``save_checkpoint`` of a small model + AdamW into ``checkpoint_dir`` (gs:// in the multi-node test);
+    each rank writes the local staging folder it saw (``DKTO_CACHE_DIR`` differs per "node")."""
+    from accelerate import Accelerator
+
+    from components.shared import storage
+    from components.train.checkpoint import save_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    final = save_checkpoint(accelerator, checkpoint_dir, 1, {"step": 1, "data_hash": "d"}, keep_last=2)
+    staging = storage.cache_root() / "checkpoint-staging"
+    left = sorted(p.name for p in staging.rglob("*")) if staging.exists() else []
+    _write(
+        out_dir,
+        accelerator.process_index,
+        {"final": final, "local_main": accelerator.is_local_main_process, "staging_left": left},
+    )
+
+
 def main(argv: list[str]) -> None:
     """Dispatch on the mode named in ``argv[0]``."""
     mode, out_dir = argv[0], Path(argv[1])
@@ -258,6 +283,8 @@ def main(argv: list[str]) -> None:
         train(out_dir, argv[2])
     elif mode == "train_one_rank_preempted":
         train_one_rank_preempted(out_dir, argv[2])
+    elif mode == "checkpoint_to":
+        checkpoint_to(out_dir, argv[2])
     else:
         raise SystemExit(f"unknown mode {mode!r}; use reference_point, toy_step, loss_checks or train")
 

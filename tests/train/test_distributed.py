@@ -312,3 +312,42 @@ def test_preemption_seen_by_one_rank_stops_every_rank_together(trainer_root: Pat
     assert all(f["preempted"] for f in figures)
     assert figures[0]["last_checkpoint"] == figures[1]["last_checkpoint"]
     assert (Path(figures[0]["last_checkpoint"]) / "trainer_state.json").exists()
+
+
+def test_a_gs_checkpoint_of_two_nodes_holds_every_ranks_files(gcs_bucket: str, tmp_path: Path) -> None:
+    """Two "nodes" of one process each (two ``accelerate launch`` as machine 0 and 1, each staging on its own
+    disk): node 1's share of the checkpoint (its RNG state) is uploaded before node 0 marks it complete, and
+    each node's staging folder is removed (review round 3: only node 0 uploaded; resume lost node 1's state)."""
+    from components.shared import storage
+    from components.train.checkpoint import MARKER, list_checkpoints
+
+    port = str(_free_port())
+    checkpoint_dir = storage.join(gcs_bucket, "ckpt")
+    procs = []
+    for machine in (0, 1):
+        env = {
+            **os.environ,
+            "ACCELERATE_USE_CPU": "true",
+            "OMP_NUM_THREADS": "1",
+            "DKTO_CACHE_DIR": str(tmp_path / f"node{machine}-cache"),
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        cmd = [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_DDP),
+            "--num_machines", "2", "--machine_rank", str(machine), "--num_processes", "2",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+            str(WORKER), "checkpoint_to", str(tmp_path / "ranks"), checkpoint_dir,
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    for machine, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert proc.returncode == 0, f"machine {machine} failed:\n{out[-6000:]}"
+    figures = [read_rank(tmp_path / "ranks", rank)[0] for rank in (0, 1)]
+    assert all(f["local_main"] for f in figures), "each process is its node's first"
+    assert [f["staging_left"] for f in figures] == [[], []]
+    (step, uri), *_ = list_checkpoints(checkpoint_dir)
+    assert step == 1
+    names = {path.rsplit("/", 1)[-1] for path in storage.list_files(uri)}
+    assert {"random_states_0.pkl", "random_states_1.pkl", MARKER} <= names, names
