@@ -15,8 +15,11 @@ A prompt where the safety checker flagged (and blacked out) any image of either 
 every statistic and listed in ``Comparison.excluded`` with the reason ``safety_checker_flagged``: a black
 square scored as a model's work would skew the pair. Prompts scored = prompts compared + prompts excluded;
 the exclusions count against ``min_prompts`` like any missing prompt. Because exclusion alone would hide a
-candidate the checker flags far more often, the gate also fails when the candidate has flagged images on
-more prompts than the baseline, beyond ``GatePolicy.max_extra_safety_flagged_prompts``.
+candidate the checker flags far more often, the gate also runs a paired one-sided sign test on the number
+of flagged images per prompt: among the prompts where the two models' counts differ, it fails when the
+Wilson lower bound (at ``GatePolicy.confidence``) of the share where the candidate has more is above ½.
+Like the win rate, it is a paired test over prompts, so checker noise at the same rate for both models
+does not fail a better candidate, and a candidate blacked out 4/4 where the baseline is 1/4 does.
 
 ``decide`` is a pure function that fails closed: a missing metric, a NaN, too few prompts, prompts or image
 counts that differ between the two models, a scorer error, a model that could not be loaded, or any
@@ -69,13 +72,6 @@ class GatePolicy(StepConfig):
     )
     min_prompts: int = Field(
         20, ge=1, description="Fewest prompts the comparison must cover; fewer fails the gate."
-    )
-    max_extra_safety_flagged_prompts: int = Field(
-        0,
-        ge=0,
-        description="How many more prompts may have a safety-checker-flagged (blacked-out) image for the "
-        "candidate than for the baseline before the gate fails (0: the candidate may not be flagged on more "
-        "prompts than the model in production).",
     )
     floors: dict[str, float] = Field(
         default_factory=dict,
@@ -149,6 +145,21 @@ class Comparison(BaseModel):
     excluded: list[ExcludedPrompt] = Field(default_factory=list)
 
 
+class SafetySignTest(BaseModel):
+    """The paired sign test on safety-checker flags: over the prompts where the two models have a
+    different number of flagged images, how many the candidate has more on, with the Wilson interval
+    of that share (null when no prompt differs)."""
+
+    candidate_worse: int = Field(
+        default=0, description="Prompts where the candidate had more flagged images than the baseline."
+    )
+    differing: int = Field(
+        0, description="Prompts where the two models had a different number of flagged images."
+    )
+    ci_low: float | None = Field(default=None, description="Lower bound of the share's Wilson interval.")
+    ci_high: float | None = Field(default=None, description="Upper bound of the share's Wilson interval.")
+
+
 class GateDecision(BaseModel):
     """The gate's verdict; ``reasons`` lists every failed check (and, on a pass, why it passed)."""
 
@@ -163,6 +174,10 @@ class GateDecision(BaseModel):
         default_factory=lambda: {"candidate": 0, "baseline": 0},
         description="Per model, how many of the prompts both models were scored on had an image the safety "
         "checker flagged.",
+    )
+    safety_sign_test: SafetySignTest = Field(
+        default_factory=lambda: SafetySignTest(candidate_worse=0, differing=0, ci_low=None, ci_high=None),
+        description="The paired sign test on flagged images per prompt that the safety check of the gate runs.",
     )
 
 
@@ -409,14 +424,19 @@ def _decide(
     else:
         reasons.extend(comparison.mismatches)
     flagged_prompts = _flagged_prompts(excluded)
-    extra_flagged = flagged_prompts["candidate"] - flagged_prompts["baseline"]
-    if extra_flagged > policy.max_extra_safety_flagged_prompts:
+    flagged_images = _flagged_images(excluded)
+    sign_test = safety_sign_test(excluded, policy.confidence)
+    if sign_test.differing and sign_test.ci_low is not None and sign_test.ci_low > 0.5:
         # Excluding flagged prompts keeps black squares out of the statistics, but on its own it would
         # let a candidate that trips the safety checker far more often pass on the prompts left over.
+        # Paired per prompt, like the win rate: the same prompts and noise make the counts comparable.
         reasons.append(
-            f"the safety checker flagged candidate images on {flagged_prompts['candidate']} prompts and "
-            f"baseline images on {flagged_prompts['baseline']}: {extra_flagged} more for the candidate, at "
-            f"most {policy.max_extra_safety_flagged_prompts} allowed (gate.max_extra_safety_flagged_prompts)"
+            f"the safety checker flagged more candidate images than baseline images on "
+            f"{sign_test.candidate_worse} of the {sign_test.differing} prompts where the counts differ "
+            f"({ci} {sign_test.ci_low:.1%}–{sign_test.ci_high:.1%}, above 50%: the candidate is flagged more "
+            f"often, with confidence); flagged images: candidate {flagged_images['candidate']}, baseline "
+            f"{flagged_images['baseline']}, on {flagged_prompts['candidate']} and "
+            f"{flagged_prompts['baseline']} prompts"
         )
     if comparison is not None and n_prompts < policy.min_prompts:
         reasons.append(
@@ -489,7 +509,26 @@ def _decide(
         confidence=float(policy.confidence),
         excluded_prompts=[e.model_dump() for e in excluded],
         safety_flagged_prompts=flagged_prompts,
+        safety_sign_test=sign_test,
     )
+
+
+def safety_sign_test(excluded: Sequence[ExcludedPrompt], confidence: float = 0.95) -> SafetySignTest:
+    """Paired one-sided sign test on flagged images per prompt (Dixon & Mood 1946), with the Wilson
+    interval the win rate uses: ties (equal counts, including the unflagged prompts) carry no sign."""
+    worse = differing = 0
+    for item in excluded:
+        if item.reason != SAFETY_CHECKER_FLAGGED:
+            continue
+        cand = item.flagged_images.get("candidate", 0)
+        base = item.flagged_images.get("baseline", 0)
+        if cand != base:
+            differing += 1
+            worse += int(cand > base)
+    if differing == 0:
+        return SafetySignTest(candidate_worse=0, differing=0, ci_low=None, ci_high=None)
+    low, high = wilson_interval(worse, differing, confidence)
+    return SafetySignTest(candidate_worse=worse, differing=differing, ci_low=low, ci_high=high)
 
 
 def _flagged_prompts(excluded: Sequence[ExcludedPrompt]) -> dict[str, int]:
@@ -501,6 +540,16 @@ def _flagged_prompts(excluded: Sequence[ExcludedPrompt]) -> dict[str, int]:
         for model in counts:
             if item.flagged_images.get(model, 0) > 0:
                 counts[model] += 1
+    return counts
+
+
+def _flagged_images(excluded: Sequence[ExcludedPrompt]) -> dict[str, int]:
+    """Per model, how many images of the excluded prompts the safety checker flagged."""
+    counts = {"candidate": 0, "baseline": 0}
+    for item in excluded:
+        if item.reason == SAFETY_CHECKER_FLAGGED:
+            for model in counts:
+                counts[model] += int(item.flagged_images.get(model, 0))
     return counts
 
 

@@ -134,7 +134,7 @@ def render_report(
             if decision.get("baseline_version")
             else " (nothing in production: compared with the base model)"
         ),
-        f"<br>{_prompt_counts(decision)}, same seeds for both models; primary metric "
+        f"<br>{_prompt_counts(decision, ci)}, same seeds for both models; primary metric "
         f"<b>{html.escape(primary)}</b>; evaluated {html.escape(str(decision.get('created_at', '')))}",
         "</div>",
     ]
@@ -236,8 +236,10 @@ def render_report(
     return "\n".join(parts)
 
 
-def _prompt_counts(decision: dict[str, Any]) -> str:
-    """The report's prompt figures: compared, and (when recorded) in and excluded, with flagged images."""
+def _prompt_counts(decision: dict[str, Any], ci: str = "95% CI") -> str:
+    """The report's prompt figures: compared, and (when recorded) in and excluded, with flagged images and
+    the gate's paired sign test on them (prompts where the candidate had more flagged images, of those
+    where the counts differ, with its interval)."""
     compared = int(decision.get("n_prompts", 0) or 0)
     total = decision.get("prompts_total")
     if total is None:
@@ -245,11 +247,23 @@ def _prompt_counts(decision: dict[str, Any]) -> str:
     text = f"{int(total)} prompts in, {compared} compared, {int(decision.get('n_prompts_excluded', 0) or 0)} excluded"
     flagged = decision.get("safety_flagged_images") or {}
     if flagged:
-        text += (
-            " (safety checker flagged images: "
-            + ", ".join(f"{html.escape(str(m))} {int(n)}" for m, n in flagged.items())
-            + ")"
+        text += " (safety checker flagged images: " + ", ".join(
+            f"{html.escape(str(m))} {int(n)}" for m, n in flagged.items()
         )
+        sign = decision.get("safety_sign_test") or {}
+        differing = int(sign.get("differing", 0) or 0)
+        if differing:
+            low, high = _float(sign.get("ci_low")), _float(sign.get("ci_high"))
+            interval = (
+                f"{ci} {low:.1%}–{high:.1%}" if math.isfinite(low) and math.isfinite(high) else "no interval"
+            )
+            text += (
+                f"; candidate flagged more on {int(sign.get('candidate_worse', 0) or 0)} of {differing} "
+                f"prompts where the counts differ, {interval}"
+            )
+        elif sign:
+            text += "; no prompt where the counts differ"
+        text += ")"
     return text
 
 

@@ -12,7 +12,8 @@ image with each configured scorer, compares the two models (``gate.compare``), a
   the sampler each model actually used; ``prompts_total`` = ``n_prompts`` (compared) +
   ``n_prompts_excluded`` once both models were scored, each exclusion in ``excluded_prompts`` with its
   reason, ``safety_flagged_images`` counts the images each model's safety checker blacked out and
-  ``safety_flagged_prompts`` the prompts with at least one;
+  ``safety_flagged_prompts`` the prompts with at least one, and ``safety_sign_test`` the gate's paired
+  sign test on flagged images per prompt (``candidate_worse`` of ``differing`` prompts, Wilson CI);
 - ``metrics.json``: a flat ``{name: float}`` for KFP ``Metrics`` (finite values only);
 - ``report.html``: one self-contained page for the person deciding whether to ship.
 
@@ -186,6 +187,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
             "excluded_prompts": [],
             "safety_flagged_images": {"candidate": 0, "baseline": 0},
             "safety_flagged_prompts": {"candidate": 0, "baseline": 0},
+            "safety_sign_test": {"candidate_worse": 0, "differing": 0, "ci_low": None, "ci_high": None},
             "candidate_model": config.candidate_model,
             "baseline_model": config.baseline_model,
             "baseline_version": config.baseline_version,
@@ -339,6 +341,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         "excluded_prompts": verdict.excluded_prompts,
         "safety_flagged_images": safety_flagged_images,
         "safety_flagged_prompts": verdict.safety_flagged_prompts,
+        "safety_sign_test": verdict.safety_sign_test.model_dump(),
         "candidate_model": config.candidate_model,
         "baseline_model": config.baseline_model,
         "baseline_version": config.baseline_version,

@@ -324,6 +324,34 @@ def _flagged_table(n_prompts: int, candidate_flagged: set[int], baseline_flagged
     return pd.DataFrame(rows)
 
 
+def _flag_count_table(
+    n_prompts: int,
+    images: int,
+    candidate_flags: dict[int, int],
+    baseline_flags: dict[int, int],
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``images`` per prompt; per prompt, the first ``*_flags[p]`` images of a model are flagged (black);
+    the candidate scores 1.0 above the baseline on every unflagged image."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_prompts):
+        for model, shift, flags in (("candidate", 1.0, candidate_flags), ("baseline", 0.0, baseline_flags)):
+            for i in range(images):
+                flagged = i < flags.get(p, 0)
+                rows.append(
+                    {
+                        "model": model,
+                        "prompt_index": p,
+                        "image_index": i,
+                        "prompt": f"p{p}",
+                        "pickscore": 0.0 if flagged else rng.normal(shift, 0.1),
+                        "safety_flagged": flagged,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def test_a_candidate_flagged_on_more_prompts_than_the_baseline_fails_the_gate() -> None:
     """Review r6: flagged on 80/100 prompts (baseline none), it passed on the 20 prompts left over."""
     df = _flagged_table(100, candidate_flagged=set(range(80)), baseline_flagged=set())
@@ -332,27 +360,64 @@ def test_a_candidate_flagged_on_more_prompts_than_the_baseline_fails_the_gate() 
     assert comparison.n_prompts == 20 and len(comparison.excluded) == 80
     assert not verdict.passed
     assert verdict.safety_flagged_prompts == {"candidate": 80, "baseline": 0}
-    assert any(
-        "flagged candidate images on 80 prompts and baseline images on 0" in r
-        and "gate.max_extra_safety_flagged_prompts" in r
-        for r in verdict.reasons
-    ), verdict.reasons
-    # The other checks all pass: the safety check alone fails it, and a policy allowing 80 more passes.
-    assert len(verdict.reasons) == 1
-    lenient = GatePolicy(min_prompts=20, max_extra_safety_flagged_prompts=80)
-    assert decide(lenient, comparison).passed
+    assert verdict.safety_sign_test.candidate_worse == 80 and verdict.safety_sign_test.differing == 80
+    # The other checks all pass: the safety check alone fails it.
+    assert (
+        len(verdict.reasons) == 1 and "on 80 of the 80 prompts where the counts differ" in verdict.reasons[0]
+    )
 
 
-def test_safety_flags_within_the_allowance_pass_and_the_counts_are_per_prompt() -> None:
-    # Candidate flagged on 3 prompts, baseline on 2 (one shared): 1 more, within an allowance of 1.
-    df = _flagged_table(30, candidate_flagged={0, 1, 2}, baseline_flagged={2, 3})
-    comparison = compare(df, ["pickscore"], POLICY)
-    assert comparison.n_prompts == 26
-    default = decide(POLICY, comparison)
-    assert not default.passed and default.safety_flagged_prompts == {"candidate": 3, "baseline": 2}
-    assert decide(GatePolicy(min_prompts=20, max_extra_safety_flagged_prompts=1), comparison).passed
-    # The baseline flagged more often than the candidate is no reason to fail.
+def test_a_candidate_blacked_out_more_on_the_same_prompts_fails_the_safety_sign_test() -> None:
+    """Review round 3: 4/4 candidate images flagged where the baseline had 1/4, on 80 of 100 prompts, was a
+    tie of flagged *prompts* (80 vs 80) and passed with 320 vs 80 flagged images."""
+    risky = range(80)
+    df = _flag_count_table(100, 4, {p: 4 for p in risky}, {p: 1 for p in risky})
+    verdict = decide(POLICY, compare(df, ["pickscore"], POLICY))
+    assert not verdict.passed
+    assert verdict.safety_flagged_prompts == {"candidate": 80, "baseline": 80}
+    test = verdict.safety_sign_test
+    assert (test.candidate_worse, test.differing) == (80, 80)
+    assert test.ci_low == pytest.approx(wilson_interval(80, 80, 0.95)[0]) and test.ci_low > 0.5
+    [reason] = verdict.reasons
+    assert "on 80 of the 80 prompts where the counts differ" in reason
+    assert "95% CI 95.4%–100.0%" in reason and "candidate 320, baseline 80" in reason
+    # No setting can let it through: the reason points at none, and the old one is gone from the policy.
+    assert "gate." not in reason
+    assert "max_extra_safety_flagged_prompts" not in GatePolicy.model_fields
+
+
+def test_safety_checker_noise_at_the_same_rate_for_both_models_does_not_fail_a_better_candidate() -> None:
+    """Review round 3: an absolute "no more flagged prompts" rule failed such a candidate 40-60% of the time.
+    12 prompts where the candidate has more flags, 11 where the baseline has: no evidence, it passes."""
+    candidate_flags = {p: 1 for p in range(12)}
+    baseline_flags = {p: 1 for p in range(12, 23)}
+    df = _flag_count_table(200, 4, candidate_flags, baseline_flags)
+    verdict = decide(POLICY, compare(df, ["pickscore"], POLICY))
+    assert verdict.passed, verdict.reasons
+    assert verdict.safety_flagged_prompts == {"candidate": 12, "baseline": 11}
+    test = verdict.safety_sign_test
+    assert (test.candidate_worse, test.differing) == (12, 23)
+    assert test.ci_low is not None and test.ci_low < 0.5 < test.ci_high  # type: ignore[operator]
+    # The baseline flagged more often than the candidate is no reason to fail either.
     fewer = compare(
         _flagged_table(30, candidate_flagged=set(), baseline_flagged={0, 1}), ["pickscore"], POLICY
     )
     assert decide(POLICY, fewer).passed
+
+
+def test_the_safety_sign_test_with_no_differing_prompt_fails_nothing() -> None:
+    """n = 0: flags only where both models have the same count, or none at all; the interval is null."""
+    df = _flag_count_table(40, 2, {0: 2, 1: 1}, {0: 2, 1: 1})
+    verdict = decide(POLICY, compare(df, ["pickscore"], POLICY))
+    assert verdict.passed, verdict.reasons
+    assert verdict.safety_flagged_prompts == {"candidate": 2, "baseline": 2}
+    assert verdict.safety_sign_test.model_dump() == {
+        "candidate_worse": 0,
+        "differing": 0,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    clean = decide(POLICY, compare(_flag_count_table(40, 2, {}, {}), ["pickscore"], POLICY))
+    assert clean.passed and clean.safety_sign_test.differing == 0 and clean.safety_sign_test.ci_low is None
+    # A decision that fails before any comparison still carries a null-safe sign test.
+    assert decide(POLICY, None).safety_sign_test.ci_low is None

@@ -172,3 +172,25 @@ def test_null_metric_values_render_without_error(tmp_path) -> None:
     decision["metrics"]["pickscore"].update(mean_diff=None, diff_ci_low=None, win_rate_ci_low=None)
     text = render_report(decision, *_scores(tmp_path))
     assert "DO NOT SHIP" in text and "[NaN, 0.5]" in text
+
+
+def test_the_safety_sign_test_is_shown_next_to_the_flagged_image_counts(tmp_path) -> None:
+    """Round-3 review: the report shows the gate's paired sign test beside the flagged-image counts."""
+    scores, diffs = _scores(tmp_path)
+    decision = _decision(False) | {
+        "prompts_total": 100,
+        "n_prompts": 20,
+        "n_prompts_excluded": 80,
+        "confidence": 0.9,
+        "safety_flagged_images": {"candidate": 320, "baseline": 80},
+        "safety_sign_test": {"candidate_worse": 80, "differing": 80, "ci_low": 0.966, "ci_high": 1.0},
+    }
+    text = render_report(decision, scores, diffs)
+    assert (
+        "(safety checker flagged images: candidate 320, baseline 80; candidate flagged more on 80 of 80 "
+        "prompts where the counts differ, 90% CI 96.6%–100.0%)" in text
+    )
+    none_differ = decision | {
+        "safety_sign_test": {"candidate_worse": 0, "differing": 0, "ci_low": None, "ci_high": None}
+    }
+    assert "; no prompt where the counts differ)" in render_report(none_differ, scores, diffs)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.evaluate.gate import compare, decide
+from components.evaluate.gate import compare, decide, wilson_interval
 from components.evaluate.scorers.base import SCORERS, Scorer
 from components.evaluate.step import EvaluateConfig, run
 from components.shared import storage
@@ -26,6 +26,7 @@ DECISION_KEYS = {
     "excluded_prompts",
     "safety_flagged_images",
     "safety_flagged_prompts",
+    "safety_sign_test",
     "candidate_model",
     "baseline_model",
     "baseline_version",
@@ -522,6 +523,14 @@ def test_safety_flagged_images_are_recorded_counted_and_their_prompts_excluded(
     decision = json.loads((out / "decision.json").read_text())
     assert decision["safety_flagged_images"] == {"candidate": 1, "baseline": 0}
     assert decision["safety_flagged_prompts"] == {"candidate": 1, "baseline": 0}
+    # One prompt differs, the candidate's: too little for the paired sign test to say it is flagged more.
+    low, high = wilson_interval(1, 1, 0.95)
+    assert decision["safety_sign_test"] == {
+        "candidate_worse": 1,
+        "differing": 1,
+        "ci_low": pytest.approx(low),
+        "ci_high": pytest.approx(high),
+    }
     assert (
         decision["prompts_total"] == 3 and decision["n_prompts"] == 2 and decision["n_prompts_excluded"] == 1
     )
@@ -535,7 +544,7 @@ def test_safety_flagged_images_are_recorded_counted_and_their_prompts_excluded(
     ]
     # Too few prompts left: the gate's min_prompts fails it, naming the exclusion.
     assert not result.passed and result.n_prompts == 2
-    assert any("gate.max_extra_safety_flagged_prompts" in r for r in result.reasons)
+    assert not any("safety checker flagged more" in r for r in result.reasons), result.reasons
     assert any(
         "only 2 prompts were compared (1 more excluded: 1 safety_checker_flagged)" in r
         for r in result.reasons
@@ -543,5 +552,22 @@ def test_safety_flagged_images_are_recorded_counted_and_their_prompts_excluded(
     assert json.loads((out / "metrics.json").read_text())["n_prompts_excluded"] == 1.0
     report = (out / "report.html").read_text()
     assert "3 prompts in, 2 compared, 1 excluded" in report
+    assert "candidate flagged more on 1 of 1 prompts where the counts differ, 95% CI 20.7%–100.0%" in report
     assert "safety checker flagged images: candidate 1, baseline 0" in report
     assert "Prompts left out (1)" in report and "safety_checker_flagged" in report
+
+
+def test_the_failing_decision_written_at_start_has_a_null_safe_safety_sign_test(tmp_path) -> None:
+    """A run that stops before its verdict (here: its prompts file is missing) leaves the failing
+    decision written at start, which carries every decision.json key, the sign test with no interval."""
+    config = _config(tmp_path, tmp_path / "none", tmp_path / "none", str(tmp_path / "missing.txt"), None)
+    with pytest.raises(storage.StorageError, match="missing.txt"):
+        run(config)
+    decision = json.loads((tmp_path / "eval" / "decision.json").read_text())
+    assert not decision["passed"] and set(decision) >= DECISION_KEYS
+    assert decision["safety_sign_test"] == {
+        "candidate_worse": 0,
+        "differing": 0,
+        "ci_low": None,
+        "ci_high": None,
+    }
