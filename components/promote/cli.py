@@ -133,7 +133,8 @@ def register(app: typer.Typer) -> None:
         to: str | None = typer.Option(
             None,
             "--to",
-            help="Version to restore (default: previous-production); a rolled-back version undoes its rollback.",
+            help="Version to restore (default: previous-production); the version the last rollback took out "
+            "undoes that rollback.",
         ),
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
         reason: str | None = typer.Option(None, "--reason", help="Why (recorded on the restored version)."),

@@ -311,6 +311,22 @@ def is_rolled_back(version: ModelVersion) -> bool:
     return version.tags.get(ROLLED_BACK) == "true"
 
 
+def is_undo_of(registry: Registry, name: str, current: str, target: str) -> bool:
+    """True when moving production from ``current`` to ``target`` undoes the rollback that put ``current``
+    in production: that rollback took ``target`` out (``rollback.from_version``) and is the latest move of
+    ``current`` into production (its ``rollback.by_run`` and ``rollback.at`` are the run and time that last
+    requested it, intent tags written before the commit, so a later promotion of ``current`` is told
+    apart), and ``target`` is still marked rolled back."""
+    tags = registry.get_version(name, current).tags
+    return (
+        tags.get("rollback.from_version") == str(target)
+        and tags.get("rollback.by_run") is not None
+        and tags.get("rollback.by_run") == tags.get("promotion.requested_by_run")
+        and tags.get("rollback.at") == tags.get("promotion.requested_at")
+        and is_rolled_back(registry.get_version(name, target))
+    )
+
+
 def fallback_of(registry: Registry, name: str, replaces: str | None, exclude: set[str]) -> str | None:
     """The version a default rollback goes to: the first one along the ``promotion.replaces_version`` chain
     from ``replaces`` that was not rolled back and is not in ``exclude`` (None when the chain ends first).
@@ -516,8 +532,9 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
     keeps the ``promotion.replaces_version`` it was promoted with, so rolling back again walks further
     back (v3 -> v2 -> v1) instead of toggling between the last two. A rollback that already happened
     (production is ``to_version``, or the same named pipeline run rolled back to production) changes nothing.
-    ``to_version`` naming a version that is itself rolled back is an undo: the version taken out is not
-    tagged rolled back and becomes ``previous-production``, so a later default rollback returns to it.
+    ``to_version`` naming the version whose rollback put the current production version in place is an
+    undo: the version taken out is not tagged rolled back and becomes ``previous-production``, so a later
+    default rollback returns to it (``is_undo_of``). Any other ``to_version`` is a rollback of production.
     """
     registry = _open(config)
     name = config.model_name
@@ -552,10 +569,18 @@ def rollback_impl(config: RollbackConfig, telemetry: StepTelemetry) -> RollbackR
             "rollback.by_run": run_id,
             "rollback.from_version": str(current),
             "rollback.at": when,
+            # One timestamp for both, so is_undo_of can tell this move into production from a later one.
+            "promotion.requested_at": when,
         }
-        # --to a version a rollback took out is an undo of that rollback: current was not found bad, so it is
-        # not marked rolled back and stays the rollback target (it becomes what the target replaces).
-        undo = config.to_version is not None and is_rolled_back(chosen) and current is not None
+        # --to the version whose rollback put current in production is an undo of that rollback: current was
+        # not found bad, so it is not marked rolled back and stays the rollback target (it becomes what the
+        # target replaces). Any other --to, even to a version some earlier rollback took out, is a rollback
+        # of current (review round 3: v3 -> v2, v4 promoted, --to 3 left the bad v4 unmarked).
+        undo = (
+            current is not None
+            and config.to_version is not None
+            and is_undo_of(registry, name, current, target)
+        )
         if undo:
             tags[REPLACES] = str(current)
         elif REPLACES not in chosen.tags:

@@ -162,8 +162,9 @@ class RollbackConfig(RegistryConfig):
     to_version: str | None = Field(
         None,
         description="The version to make production again. Default: the 'previous-production' alias. "
-        "Naming a version an earlier rollback took out undoes that rollback: the version in production is "
-        "then not marked rolled back and stays the one a later rollback returns to.",
+        "Naming the version whose rollback put the current production version in place undoes that "
+        "rollback: the version in production is then not marked rolled back and stays the one a later "
+        "rollback returns to. Naming any other version rolls production back and marks it rolled back.",
     )
     reason: str | None = Field(None, description="Why the rollback happened (recorded as a tag).")
     lock_timeout_s: float = Field(60.0, gt=0, description="How long to wait for a running promotion.")

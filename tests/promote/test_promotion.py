@@ -337,6 +337,50 @@ def test_undoing_a_rollback_with_to_keeps_the_undone_version_as_the_rollback_tar
     assert registry.get_version(model_name, v3).tags["rolled_back"] == "true"
 
 
+def test_to_a_version_an_earlier_unrelated_rollback_took_out_is_a_rollback_not_an_undo(
+    embedded_registry_uri, model_name, tmp_path, make_model, make_decision
+):
+    """Review round 3: v3 rolled back to v2, then v4 promoted; --to v3 (v4 broken, the v3 alert a false
+    alarm) counted as an undo, left v4 unmarked as previous-production, and the next default rollback
+    restored the broken v4. Only undoing the rollback that put production in place is an undo."""
+    cfg = {"registry_uri": embedded_registry_uri, "model_name": model_name}
+
+    def promote_seed(seed: int, baseline: str | None) -> str:
+        return promote(
+            PromoteConfig(
+                **cfg,
+                candidate_model=str(make_model(tmp_path / f"m{seed}", seed=seed)),
+                decision=make_decision(tmp_path / f"d{seed}.json", passed=True, baseline_version=baseline),
+                pipeline_run_id=f"run-{seed}",
+            )
+        ).version
+
+    v1 = promote_seed(1, None)
+    v2 = promote_seed(2, v1)
+    v3 = promote_seed(3, v2)
+    assert (
+        rollback(RollbackConfig(**cfg, reason="alert on v3", pipeline_run_id="rb-1")).production_after == v2
+    )
+    v4 = promote_seed(4, v2)
+    back = rollback(
+        RollbackConfig(**cfg, to_version=v3, reason="v4 is broken; v3 was fine", pipeline_run_id="rb-2")
+    )
+    assert (back.production_after, back.rolled_back_version, back.previous_production) == (v3, v4, v2)
+    assert "undoing" not in back.message
+    registry = open_registry(embedded_registry_uri)
+    assert registry.get_version(model_name, v4).tags["rolled_back"] == "true"
+    assert registry.get_version(model_name, v3).tags["rolled_back"] == "false"
+    assert registry.aliases(model_name)[PREVIOUS_PRODUCTION] == v2
+    # The next default rollback goes to v2, never back to the broken v4.
+    again = rollback(RollbackConfig(**cfg, reason="v3 bad after all", pipeline_run_id="rb-3"))
+    assert (again.production_after, again.rolled_back_version) == (v2, v3)
+
+    # Whereas --to the version whose rollback put production in place is still an undo.
+    undo = rollback(RollbackConfig(**cfg, to_version=v3, reason="undo rb-3", pipeline_run_id="rb-4"))
+    assert (undo.production_after, undo.rolled_back_version, undo.previous_production) == (v3, None, v2)
+    assert "undoing the rollback of" in undo.message
+
+
 def test_rejected_candidate_stays_registered_with_reasons(
     registry_uri, model_name, tmp_path, make_model, make_decision
 ):
