@@ -102,16 +102,13 @@ def _blob(uri: str) -> Any:
 
 def read_bytes(uri: str) -> bytes:
     """Read a whole file."""
-    try:
-        if is_gcs(uri):
+    if is_gcs(uri):
+        with _gcs_errors(uri):  # NotFound, Forbidden, Unauthorized name the URI
             return _blob(uri).download_as_bytes()
+    try:
         return Path(uri).read_bytes()
     except FileNotFoundError:
         raise StorageError(f"{uri}: no such file") from None
-    except Exception as err:  # google.api_core NotFound and friends
-        if type(err).__name__ == "NotFound":
-            raise StorageError(f"{uri}: no such object") from None
-        raise
 
 
 def read_text(uri: str) -> str:

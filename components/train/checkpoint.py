@@ -150,9 +150,14 @@ def save_checkpoint(
     remote = storage.is_gcs(checkpoint_dir)
     staging_root = storage.cache_root() / "checkpoint-staging" if remote else Path(checkpoint_dir)
     staging = staging_root / f".tmp-{name}"
-    # gs://: each node stages on its own disk, so each node's first process owns its staging folder (every
-    # rank writes files of its own there: its RNG state, DeepSpeed's optimizer shards). A local
-    # checkpoint_dir is one folder all processes share.
+    # gs://: each node stages in a folder of its own (named by its first global rank, since DKTO_CACHE_DIR
+    # may be a volume the nodes share), owned by the node's first process; every rank writes files of its
+    # own there (its RNG state, DeepSpeed's optimizer shards). A local checkpoint_dir is one folder all
+    # processes share.
+    if remote:
+        staging = staging.with_name(
+            f"{staging.name}-node{accelerator.process_index - accelerator.local_process_index}"
+        )
     owns_staging = accelerator.is_local_main_process if remote else accelerator.is_main_process
     if owns_staging:
         shutil.rmtree(staging, ignore_errors=True)

@@ -90,3 +90,22 @@ def test_gcs_helpers(fake_gcs: str, tmp_path: Path) -> None:
         storage.split_gcs("gs:///x")
     with pytest.raises(storage.StorageError):
         storage.download_dir("gs://nonexistent-prefix-bucket/none", tmp_path / "dl")
+
+
+def test_a_gs_object_the_credentials_cannot_read_is_a_storage_error_naming_it(monkeypatch):
+    """fake-gcs-server grants everything, so GCS's 403 is raised by a stand-in blob (the client's own
+    exception type); a config file behind it is then one ConfigError line, not a traceback."""
+    from google.api_core.exceptions import Forbidden
+
+    from components.shared import storage
+    from components.shared.config import ConfigError, StepConfig
+
+    class DeniedBlob:
+        def download_as_bytes(self) -> bytes:
+            raise Forbidden("GET gs://b/train.yaml: sa@p.iam does not have storage.objects.get access")
+
+    monkeypatch.setattr(storage, "_blob", lambda uri: DeniedBlob())
+    with pytest.raises(storage.StorageError, match=r"gs://b/train\.yaml: access denied"):
+        storage.read_bytes("gs://b/train.yaml")
+    with pytest.raises(ConfigError, match=r"gs://b/train\.yaml: cannot read the config file .*access denied"):
+        StepConfig.from_yaml("gs://b/train.yaml")

@@ -314,10 +314,14 @@ def test_preemption_seen_by_one_rank_stops_every_rank_together(trainer_root: Pat
     assert (Path(figures[0]["last_checkpoint"]) / "trainer_state.json").exists()
 
 
-def test_a_gs_checkpoint_of_two_nodes_holds_every_ranks_files(gcs_bucket: str, tmp_path: Path) -> None:
-    """Two "nodes" of one process each (two ``accelerate launch`` as machine 0 and 1, each staging on its own
-    disk): node 1's share of the checkpoint (its RNG state) is uploaded before node 0 marks it complete, and
-    each node's staging folder is removed (review round 3: only node 0 uploaded; resume lost node 1's state)."""
+@pytest.mark.parametrize("shared_cache", [False, True], ids=["own-disks", "shared-cache-volume"])
+def test_a_gs_checkpoint_of_two_nodes_holds_every_ranks_files(
+    gcs_bucket: str, tmp_path: Path, shared_cache: bool
+) -> None:
+    """Two "nodes" of one process each (two ``accelerate launch`` as machine 0 and 1, staging on their own
+    disks or on one shared DKTO_CACHE_DIR volume): node 1's share of the checkpoint (its RNG state) is
+    uploaded before node 0 marks it complete, and each node's staging folder is removed (review round 3:
+    only node 0 uploaded; resume lost node 1's state; then a shared cache made the nodes share one folder)."""
     from components.shared import storage
     from components.train.checkpoint import MARKER, list_checkpoints
 
@@ -329,7 +333,7 @@ def test_a_gs_checkpoint_of_two_nodes_holds_every_ranks_files(gcs_bucket: str, t
             **os.environ,
             "ACCELERATE_USE_CPU": "true",
             "OMP_NUM_THREADS": "1",
-            "DKTO_CACHE_DIR": str(tmp_path / f"node{machine}-cache"),
+            "DKTO_CACHE_DIR": str(tmp_path / ("shared-cache" if shared_cache else f"node{machine}-cache")),
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
         cmd = [
