@@ -431,6 +431,17 @@ def train(config: TrainConfig) -> TrainResult:
             "weights": "trainable" if config.use_lora else "full",
         }
 
+    def save_checkpoint() -> str:
+        """This step's checkpoint (every process calls it; see ``ckpt.save_checkpoint``)."""
+        return ckpt.save_checkpoint(
+            accelerator,
+            checkpoint_dir,
+            global_step,
+            trainer_state(),
+            config.keep_last_checkpoints,
+            resumed_step=resumed_here,
+        )
+
     stop_vote = _stop_vote(n_proc)
     figures = StepFigures(accelerator.device)
     last: dict[str, float] = {}
@@ -495,25 +506,11 @@ def train(config: TrainConfig) -> TrainResult:
                     gauges["memory"].set(torch.cuda.max_memory_allocated())
                 log.debug("step %d %s", global_step, json.dumps(last))
             if stop:
-                last_checkpoint = ckpt.save_checkpoint(
-                    accelerator,
-                    checkpoint_dir,
-                    global_step,
-                    trainer_state(),
-                    config.keep_last_checkpoints,
-                    resumed_step=resumed_here,
-                )
+                last_checkpoint = save_checkpoint()
                 preempted = global_step < config.max_steps
                 break
             if config.checkpoint_every and global_step % config.checkpoint_every == 0:
-                last_checkpoint = ckpt.save_checkpoint(
-                    accelerator,
-                    checkpoint_dir,
-                    global_step,
-                    trainer_state(),
-                    config.keep_last_checkpoints,
-                    resumed_step=resumed_here,
-                )
+                last_checkpoint = save_checkpoint()
                 last_checkpoint_time = time.monotonic()
     bar.close()
     elapsed = time.perf_counter() - start_time
