@@ -270,17 +270,7 @@ def build_tiny_sdxl(
     tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir)
     text_encoder = CLIPTextModel(_text_config(len(tokenizer), 32, 2))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer), 32, 2, projection_dim=32))
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=resolution,
-    )
+    vae = AutoencoderKL(**tiny_sd_configs(resolution)[1])  # the tiny SD's VAE
     time_dim = 8
     unet = UNet2DConditionModel(
         sample_size=resolution // 2,
