@@ -92,10 +92,10 @@ def resumed_step_in(checkpoint_dir: str, resume_uri: str | None, step: int) -> i
     """``step`` when ``resume_uri`` is a checkpoint directly in ``checkpoint_dir``; None otherwise."""
     if not resume_uri:
         return None
-    inside = any(uri.rstrip("/") == resume_uri.rstrip("/") for _, uri in list_checkpoints(checkpoint_dir))
+    found = [uri for _, uri in list_checkpoints(checkpoint_dir)]
+    inside = any(uri.rstrip("/") == resume_uri.rstrip("/") for uri in found)
     if not inside and not storage.is_gcs(resume_uri):
-        own = {Path(uri).resolve() for _, uri in list_checkpoints(checkpoint_dir)}
-        inside = Path(resume_uri).resolve() in own
+        inside = Path(resume_uri).resolve() in {Path(uri).resolve() for uri in found}
     return step if inside else None
 
 
