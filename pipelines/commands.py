@@ -142,21 +142,11 @@ def _client(host: str, namespace: str | None) -> Any:
     return kfp.Client(host=host, namespace=namespace) if namespace else kfp.Client(host=host)
 
 
-def _read_params(config: str | None, overrides: list[str]) -> PipelineParams:
-    """``load_params`` of ``--config FILE``; a file that cannot be read is a ConfigError naming it (from_yaml)."""
-    return load_params(config, overrides)
-
-
-def _read_cluster(settings_file: str | None) -> ClusterSettings:
-    """``--cluster FILE`` (or the defaults); a file that cannot be read is a ConfigError naming it (from_yaml)."""
-    return ClusterSettings.from_yaml(settings_file)
-
-
 def _compiled_package(settings_file: str | None) -> str:
     """Compile the pipeline with the cluster settings (``--cluster FILE`` or the defaults) to a temp file."""
     import tempfile
 
-    settings = _read_cluster(settings_file)
+    settings = ClusterSettings.from_yaml(settings_file)
     out = Path(tempfile.mkdtemp(prefix="dkto-")) / "pipeline.yaml"
     return str(compile_pipeline(out, settings))
 
@@ -172,7 +162,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Compile the diffusion-kto-retrain pipeline to KFP YAML (upload it in the KFP UI)."""
-        path = compile_pipeline(out, _read_cluster(cluster))
+        path = compile_pipeline(out, ClusterSettings.from_yaml(cluster))
         typer.echo(f"compiled diffusion-kto-retrain -> {path}")
 
     @app.command("run")
@@ -190,7 +180,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 "`dkto run` runs locally only: add --local (use `dkto submit` for a cluster)"
             )
-        params = _read_params(config, overrides)
+        params = load_params(config, overrides)
         try:
             summary = run_local(params)
         except RuntimeError as err:
@@ -229,7 +219,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Submit one run of the pipeline to a Kubeflow Pipelines cluster."""
-        params = _read_params(config, overrides)
+        params = load_params(config, overrides)
         # Checked before the client exists: kfp.Client contacts the host (healthz) as it is made.
         arguments = cluster_arguments(params, pushgateway)
         package = _compiled_package(cluster)
@@ -280,7 +270,7 @@ def register(app: typer.Typer) -> None:
         allow one run at a time, so runs could overlap on the same registry), unless ``--replace``.
         """
         validate_cron(cron)
-        params = _read_params(config, overrides)
+        params = load_params(config, overrides)
         arguments = cluster_arguments(params, pushgateway)
         # Compiled before the client exists: kfp.Client contacts the host as it is made, and a bad cluster
         # file must be refused before anything (the experiment included) is created there. Also, the new

@@ -32,13 +32,6 @@ def prompts_in_val(prompts: pa.Array, val_fraction: float, salt: str) -> np.ndar
     return np.frombuffer(heads, dtype=">u8").astype(np.float64) / 2.0**64 < val_fraction
 
 
-def split_of(prompts: pa.Array, val_fraction: float, salt: str) -> np.ndarray:
-    """'train'/'val' per row; each distinct prompt is hashed once."""
-    encoded = pc.dictionary_encode(prompts)
-    is_val = prompts_in_val(encoded.dictionary, val_fraction, salt)
-    return np.where(is_val[encoded.indices.to_numpy()], "val", "train").astype(object)
-
-
 def cap_per_prompt(
     prompts: pa.Array, n_events: np.ndarray, sample_ids: pa.Array, max_images: int
 ) -> np.ndarray:

@@ -322,9 +322,16 @@ def train(config: TrainConfig) -> TrainResult:
     check_data_for_objective(data, config.objective, config.desirable_ratio)
     checkpoint_dir = config.resolved_checkpoint_dir()
     resume_uri = ckpt.resolve_resume(config.resume_from, checkpoint_dir)
-    resume_step = (
-        int(storage.read_json(storage.join(resume_uri, ckpt.STATE_FILE))["step"]) if resume_uri else 0
-    )
+    resume_state = storage.read_json(storage.join(resume_uri, ckpt.STATE_FILE)) if resume_uri else {}
+    resume_step = int(resume_state.get("step", 0))
+    if resume_uri and resume_state.get("data_hash") != data.data_hash:
+        # Continuing another dataset's run would export a model trained mostly on other data as this
+        # run's candidate (e.g. two runs sharing a checkpoint directory): refuse rather than warn.
+        raise ValueError(
+            f"resume_from: checkpoint {resume_uri} was written for training data {resume_state.get('data_hash')}, "
+            f"but this run's train_data ({config.train_data}) is {data.data_hash}. Point checkpoint_dir at "
+            "an empty directory for a run on this data."
+        )
     # Refused here, before any model is loaded, rather than at the first save (review round 2, finding 1).
     resumed_here = ckpt.resumed_step_in(checkpoint_dir, resume_uri, resume_step)
     ckpt.check_checkpoint_dir(checkpoint_dir, resumed_here, data.data_hash)
@@ -400,14 +407,6 @@ def train(config: TrainConfig) -> TrainResult:
         state = ckpt.load_checkpoint(accelerator, resume_uri, use_lora=config.use_lora)
         global_step, micro_step = int(state["step"]), int(state["micro_step"])
         resumed_from = global_step
-        if state.get("data_hash") != data.data_hash:
-            # Continuing another dataset's run would export a model trained mostly on other data as this
-            # run's candidate (e.g. two runs sharing a checkpoint directory): refuse rather than warn.
-            raise ValueError(
-                f"resume_from: checkpoint {resume_uri} was written for training data {state.get('data_hash')}, "
-                f"but this run's train_data ({config.train_data}) is {data.data_hash}. Point checkpoint_dir at "
-                "an empty directory for a run on this data."
-            )
         log.info("resumed from %s at step %d", resume_uri, global_step)
 
     sampler = StepSampler.for_config(
@@ -433,7 +432,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     def save_checkpoint() -> str:
         """This step's checkpoint (every process calls it; see ``ckpt.save_checkpoint``)."""
-        return ckpt.save_checkpoint(
+        nonlocal resumed_here
+        uri = ckpt.save_checkpoint(
             accelerator,
             checkpoint_dir,
             global_step,
@@ -441,6 +441,9 @@ def train(config: TrainConfig) -> TrainResult:
             config.keep_last_checkpoints,
             resumed_step=resumed_here,
         )
+        # Only the first save after resuming can find an abandoned branch's later checkpoints to drop.
+        resumed_here = None
+        return uri
 
     stop_vote = _stop_vote(n_proc)
     figures = StepFigures(accelerator.device)
