@@ -205,6 +205,12 @@ def _is_already_exists(err: Exception) -> bool:
     return "RESOURCE_ALREADY_EXISTS" in str(getattr(err, "error_code", "")) or "already exists" in str(err)
 
 
+def _is_duplicate_insert(err: Exception) -> bool:
+    """MLflow's SQL store sets an alias by read-then-insert: two concurrent first sets of one alias both
+    insert and one hits the UNIQUE key. Again, it finds the row and updates it."""
+    return "UNIQUE constraint" in str(err) or "IntegrityError" in str(err)
+
+
 def _is_not_found(err: Exception) -> bool:
     code = str(getattr(err, "error_code", ""))
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(err).lower()
@@ -246,12 +252,22 @@ class MlflowRegistry:
 
     # ------------------------------------------------------------ retries on a busy SQLite store
 
-    def _retry(self, fn: Any, *args: Any, attempts: int = 60, **kwargs: Any) -> Any:
+    def _retry(
+        self,
+        fn: Any,
+        *args: Any,
+        attempts: int = 60,
+        transient: Callable[[Exception], bool] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``fn(*args, **kwargs)``, again while it fails with an error ``transient`` accepts (default: a
+        busy SQLite store)."""
+        transient = transient or _is_busy
         for i in range(attempts):
             try:
                 return fn(*args, **kwargs)
             except Exception as err:
-                if not _is_busy(err) or i == attempts - 1:
+                if not transient(err) or i == attempts - 1:
                     raise
                 time.sleep(0.05 + 0.05 * (i % 5))
         raise AssertionError("unreachable")
@@ -319,16 +335,13 @@ class MlflowRegistry:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version`` (a single row write in MLflow's store)."""
-        for attempt in range(3):
-            try:
-                self._retry(self.client.set_registered_model_alias, name, alias, str(version))
-                return
-            except Exception as err:
-                # MLflow's SQL store sets an alias by read-then-insert: two concurrent first sets of one
-                # alias both insert and one hits the UNIQUE key. Again, it finds the row and updates it.
-                duplicate_insert = "UNIQUE constraint" in str(err) or "IntegrityError" in str(err)
-                if not duplicate_insert or attempt == 2:
-                    raise
+        self._retry(
+            self.client.set_registered_model_alias,
+            name,
+            alias,
+            str(version),
+            transient=lambda err: _is_busy(err) or _is_duplicate_insert(err),
+        )
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``alias``; missing is not an error."""
