@@ -314,7 +314,7 @@ class PipelineParams(StepConfig):
                 "run's paths and id); use the parameter of that name. (desirable_ratio: null, uniform "
                 "sampling with the label step's class weights, is the one exception.)"
             )
-        self._check_strategy(TrainConfig)
+        self._check_strategy()
         unknown = sorted(set(self.eval_options) - set(EvaluateConfig.model_fields))
         if unknown:
             raise ConfigError(f"PipelineParams.eval_options: {unknown} are not EvaluateConfig fields")
@@ -336,33 +336,35 @@ class PipelineParams(StepConfig):
                     "would fail every run on a metric that is never computed"
                 )
 
-    def _check_strategy(self, train_config_class: Any) -> None:
+    def _check_strategy(self) -> None:
         """Refuse train settings the distributed strategy cannot run; the launcher would refuse them too,
         but only in the training task, and it checks whatever the number of GPUs (launcher.launch)."""
         from components.train.launcher import strategy_conflicts
-        from components.train.step import resolve_learning_rate
+        from components.train.step import TrainConfig, pipeline_train_settings
 
-        # The settings the train component builds (components/train/component.py), with placeholder paths:
-        # strategy_conflicts reads only the training settings.
+        # The settings the train component builds, with placeholder paths: strategy_conflicts reads only
+        # the training settings.
         settings = {
             "pretrained_model": self.base_model,
             "train_data": "train.parquet",
             "output_dir": "model",
-            "objective": self.objective,
-            "beta": self.beta,
-            "desirable_ratio": self.desirable_ratio,
-            "learning_rate": resolve_learning_rate(self.learning_rate, self.use_lora),
-            "max_steps": self.max_steps,
-            "train_batch_size": self.train_batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "mixed_precision": self.mixed_precision,
-            "resolution": self.resolution,
-            "use_lora": self.use_lora,
-            "seed": self.seed,
+            **pipeline_train_settings(
+                objective=self.objective,
+                beta=self.beta,
+                desirable_ratio=self.desirable_ratio,
+                learning_rate=self.learning_rate,
+                max_steps=self.max_steps,
+                train_batch_size=self.train_batch_size,
+                gradient_accumulation_steps=self.gradient_accumulation_steps,
+                mixed_precision=self.mixed_precision,
+                resolution=self.resolution,
+                use_lora=self.use_lora,
+                seed=self.seed,
+            ),
             **self.train_options,
         }
         try:
-            train_config = train_config_class.from_dict(settings)
+            train_config = TrainConfig.from_dict(settings)
         except ConfigError as err:
             raise ConfigError(
                 f"PipelineParams.train_options: the training settings are refused: {err}"

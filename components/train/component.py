@@ -75,7 +75,7 @@ def train_model(
     """
     from components.shared import storage
     from components.train.launcher import LaunchPlan, launch
-    from components.train.step import TrainConfig, label_class_weights, resolve_learning_rate
+    from components.train.step import TrainConfig, label_class_weights, pipeline_train_settings
     from pipelines.runtime import durable_uri, prepare_step_env, record_step
 
     prepare_step_env(run_id, pushgateway)
@@ -88,17 +88,19 @@ def train_model(
         "output_dir": output_dir,
         "checkpoint_dir": storage.join(checkpoint_root, run_id, "train"),
         "resume_from": "latest",
-        "objective": objective,
-        "beta": beta,
-        "desirable_ratio": desirable_ratio,
-        "learning_rate": resolve_learning_rate(learning_rate, use_lora),
-        "max_steps": int(max_steps),
-        "train_batch_size": int(train_batch_size),
-        "gradient_accumulation_steps": int(gradient_accumulation_steps),
-        "mixed_precision": mixed_precision,
-        "resolution": int(resolution),
-        "use_lora": use_lora,
-        "seed": int(seed),
+        **pipeline_train_settings(
+            objective=objective,
+            beta=beta,
+            desirable_ratio=desirable_ratio,
+            learning_rate=learning_rate,
+            max_steps=max_steps,
+            train_batch_size=train_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            mixed_precision=mixed_precision,
+            resolution=resolution,
+            use_lora=use_lora,
+            seed=seed,
+        ),
         "run_id": run_id,
         "progress_bar": False,
         "metrics_port": int(metrics_port) or None,

@@ -370,3 +370,37 @@ def resolve_learning_rate(learning_rate: float, use_lora: bool) -> float:
     if learning_rate > 0:
         return learning_rate
     return LORA_LEARNING_RATE if use_lora else FULL_FINE_TUNE_LEARNING_RATE
+
+
+def pipeline_train_settings(
+    *,
+    objective: str,
+    beta: float,
+    desirable_ratio: float | None,
+    learning_rate: float,
+    max_steps: int,
+    train_batch_size: int,
+    gradient_accumulation_steps: int,
+    mixed_precision: str,
+    resolution: int,
+    use_lora: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """The TrainConfig fields the pipeline's own parameters set (``learning_rate`` 0 resolved to its default).
+
+    One list for the train component, which adds paths and run settings, and for the parameter file's
+    load-time check (pipelines/params.py), which must judge the same settings.
+    """
+    return {
+        "objective": objective,
+        "beta": beta,
+        "desirable_ratio": desirable_ratio,
+        "learning_rate": resolve_learning_rate(learning_rate, use_lora),
+        "max_steps": int(max_steps),
+        "train_batch_size": int(train_batch_size),
+        "gradient_accumulation_steps": int(gradient_accumulation_steps),
+        "mixed_precision": mixed_precision,
+        "resolution": int(resolution),
+        "use_lora": use_lora,
+        "seed": int(seed),
+    }
